@@ -1,0 +1,79 @@
+"""SMTP replies as typed values (RFC 5321 section 4.2, RFC 3463 enhanced status codes).
+
+A :class:`Reply` is a code, an optional enhanced status code and one or more text lines. It
+renders itself to wire bytes; nothing else in postwright builds reply strings by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    code: int
+    enhanced: str | None
+    lines: tuple[str, ...]
+
+    def __init__(self, code: int, enhanced: str | None, *lines: str) -> None:
+        if not 200 <= code <= 599:
+            raise ValueError(f"reply code out of range: {code}")
+        if enhanced is not None and enhanced[0] != str(code)[0]:
+            raise ValueError(f"enhanced code {enhanced} does not match {code}")
+        for line in lines:
+            if "\r" in line or "\n" in line:
+                raise ValueError("reply text must not contain CR or LF")
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "enhanced", enhanced)
+        object.__setattr__(self, "lines", tuple(lines) or ("",))
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.lines)
+
+    @property
+    def is_positive(self) -> bool:
+        return self.code < 400
+
+    @property
+    def is_transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    def to_bytes(self, enhanced: bool = True) -> bytes:
+        """Render as wire bytes; ``enhanced=False`` omits the enhanced status code."""
+        prefix = f"{self.enhanced} " if enhanced and self.enhanced else ""
+        out = []
+        last = len(self.lines) - 1
+        for i, line in enumerate(self.lines):
+            sep = " " if i == last else "-"
+            text = f"{prefix}{line}" if line or prefix else ""
+            out.append(f"{self.code}{sep}{text}".rstrip(" ") + "\r\n")
+        return "".join(out).encode("utf-8")
+
+    def __str__(self) -> str:
+        head = f"{self.code} {self.enhanced} " if self.enhanced else f"{self.code} "
+        return head + self.text
+
+    @classmethod
+    def parse_line(cls, line: str) -> Reply:
+        """Parse one rendered reply line (as kept in queue records) back into a Reply."""
+        parts = line.split(" ", 2)
+        code = int(parts[0][:3])
+        rest = line[4:]
+        first = rest.split(" ", 1)
+        if first and _looks_enhanced(first[0], code):
+            return cls(code, first[0], first[1] if len(first) > 1 else "")
+        return cls(code, None, rest)
+
+
+def _looks_enhanced(token: str, code: int) -> bool:
+    parts = token.split(".")
+    return (
+        len(parts) == 3
+        and all(p.isdigit() for p in parts)
+        and parts[0] == str(code)[0]
+    )
