@@ -1,0 +1,300 @@
+"""The Maildir delivery agent: put one message into a local mailbox, durably and atomically.
+
+Layout (operator contract): ``mail_root/<domain>/<localpart>/{tmp,new,cur}``, created on
+demand with mode 0700, and Maildir++ sub-folders such as ``.../<localpart>/.Junk/``. A message
+is written to ``tmp/``, fsync'd, hard-linked into ``new/`` and ``new/`` is fsync'd: a reader
+never sees a partial file and a message reported delivered survives a crash. The file starts
+with ``Return-Path:`` and ``Delivered-To:``; the message's CRLF line ends become LF.
+
+It does not route (it is handed a final local address), does not add the Received header
+(the caller's message bytes already start with it), enforce quotas or index mailboxes.
+Follows the Maildir specification (cr.yp.to/proto/maildir.html: unique names, tmp -> new),
+Maildir++ (``,S=<size>`` and dot-folders) and RFC 5321 section 4.4 (Return-Path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import PostwrightError
+from ..protocol.address import AddressError
+from .routing import mailbox_key
+
+_SUBDIRS = ("cur", "new", "tmp")  # tmp last: an existing tmp/ implies new/ and cur/ exist
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+_deliveries = itertools.count(1)  # the "Q" part of unique names: deliveries by this process
+
+
+class MaildirNameError(PostwrightError, ValueError):
+    """The address or folder would not make a safe path under mail_root (a permanent error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryItem:
+    """One message for one mailbox. ``chunks`` is consumed once: give each item its own."""
+
+    address: str
+    chunks: Iterable[bytes]
+    return_path: str
+    delivered_to: str
+    folder: str | None = None
+
+
+@dataclass(slots=True)
+class _Staged:
+    index: int
+    maildir: Path
+    tmp: Path
+    size: int
+    final: Path | None = None
+
+
+class MaildirDelivery:
+    """Delivers into Maildirs under ``mail_root``; ``hostname`` goes into the file names."""
+
+    def __init__(self, mail_root: Path, *, hostname: str) -> None:
+        self.mail_root = Path(mail_root)
+        self._host = _escape_host(hostname)
+
+    def maildir_for(self, address: str, folder: str | None = None) -> Path:
+        """The Maildir of a local address (and optional Maildir++ folder); nothing is created."""
+        try:
+            local, domain = mailbox_key(address)
+        except AddressError as exc:
+            raise MaildirNameError(f"not a mailbox address: {address!r}") from exc
+        path = self.mail_root / _safe_component(domain) / _safe_component(local)
+        if folder is not None:
+            path = path / _folder_component(folder)
+        return path
+
+    def deliver(self, address: str, chunks: Iterable[bytes], *, return_path: str,
+                delivered_to: str, folder: str | None = None) -> Path:
+        """Deliver one message; return its path in ``new/``. On error nothing is left behind."""
+        item = DeliveryItem(address, chunks, return_path, delivered_to, folder)
+        [result] = self.deliver_batch([item])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def deliver_batch(self, items: Sequence[DeliveryItem]) -> list[Path | Exception]:
+        """Deliver several messages with one fsync per file and one per touched ``new/``.
+
+        All files are written first, then fsync'd, then linked into ``new/``, then each
+        ``new/`` directory is fsync'd once. The result has one entry per item: the final path,
+        or the exception that stopped that item (its files are removed).
+        """
+        results: list[Path | Exception | None] = [None] * len(items)
+        staged: list[_Staged] = []
+        try:
+            for index, item in enumerate(items):
+                try:
+                    staged.append(self._write(index, item))
+                except Exception as exc:
+                    results[index] = exc
+            staged = self._each(staged, results, lambda s: _fsync_file(s.tmp))
+            staged = self._each(staged, results, self._publish)
+            by_dir: dict[Path, list[_Staged]] = {}
+            for s in staged:
+                by_dir.setdefault(s.maildir / "new", []).append(s)
+            for new_dir, group in by_dir.items():
+                try:
+                    _fsync_dir(new_dir)
+                except OSError as exc:
+                    for s in group:  # not known to be durable: report it, leave nothing
+                        _remove(s.final)
+                        s.final = None
+                        results[s.index] = exc
+                    continue
+                for s in group:
+                    assert s.final is not None
+                    results[s.index] = s.final
+        finally:
+            for s in staged:
+                _remove(s.tmp)
+                if results[s.index] is None:  # interrupted by a BaseException
+                    _remove(s.final)
+        return [r if r is not None else RuntimeError("not delivered") for r in results]
+
+    @staticmethod
+    def _each(staged: list[_Staged], results: list[Path | Exception | None],
+              step: Callable[[_Staged], object]) -> list[_Staged]:
+        """Run ``step`` on every staged file; drop (and clean up) the ones that fail."""
+        kept = []
+        for s in staged:
+            try:
+                step(s)
+            except Exception as exc:
+                results[s.index] = exc
+                _remove(s.tmp)
+                _remove(s.final)
+                continue
+            kept.append(s)
+        return kept
+
+    def _write(self, index: int, item: DeliveryItem) -> _Staged:
+        maildir = self.maildir_for(item.address, item.folder)
+        head = (f"Return-Path: <{_envelope_value(item.return_path, strip_angles=True)}>\n"
+                f"Delivered-To: {_envelope_value(item.delivered_to)}\n").encode()
+        fd, tmp = self._create_tmp(maildir, item.folder is not None)
+        size = 0
+        try:
+            with open(fd, "wb", buffering=64 * 1024) as out:
+                out.write(head)
+                size += len(head)
+                for piece in _crlf_to_lf(item.chunks):
+                    out.write(piece)
+                    size += len(piece)
+        except BaseException:
+            _remove(tmp)
+            raise
+        return _Staged(index, maildir, tmp, size)
+
+    def _create_tmp(self, maildir: Path, is_folder: bool) -> tuple[int, Path]:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        for attempt in range(10):
+            tmp = maildir / "tmp" / self._unique_name()
+            try:
+                return os.open(tmp, flags, _FILE_MODE), tmp
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                _make_maildir(maildir, is_folder)
+            except FileExistsError:
+                continue
+        raise FileExistsError(errno.EEXIST, "no unique name in tmp/", str(maildir))
+
+    def _publish(self, s: _Staged) -> None:
+        """Link the tmp file into new/ under its final name (with the Maildir++ size)."""
+        for _attempt in range(10):
+            final = s.maildir / "new" / f"{self._unique_name()},S={s.size}"
+            try:
+                os.link(s.tmp, final)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                os.rename(s.tmp, final)  # a filesystem without hard links
+            s.final = final
+            _remove(s.tmp)
+            return
+        raise FileExistsError(errno.EEXIST, "no unique name in new/", str(s.maildir))
+
+    def _unique_name(self) -> str:
+        now = time.time()
+        secs = int(now)
+        usec = int((now - secs) * 1_000_000)
+        return f"{secs}.M{usec}P{os.getpid()}Q{next(_deliveries)}.{self._host}"
+
+
+def _crlf_to_lf(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """CRLF -> LF over a stream; a CR at the end of one chunk waits for the next one."""
+    pending_cr = False
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if pending_cr:
+            chunk = b"\r" + chunk
+        pending_cr = chunk.endswith(b"\r")
+        if pending_cr:
+            chunk = chunk[:-1]
+        if chunk:
+            yield chunk.replace(b"\r\n", b"\n")
+    if pending_cr:
+        yield b"\r"
+
+
+def _envelope_value(text: str, *, strip_angles: bool = False) -> str:
+    if any(c in text for c in "\r\n\0"):
+        raise MaildirNameError("envelope value contains CR, LF or NUL")
+    if strip_angles and text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    return text
+
+
+def _safe_component(name: str) -> str:
+    """A single, harmless directory name, or MaildirNameError."""
+    if (not name or name in (".", "..") or name.startswith(".") or "/" in name
+            or any(c < " " or c == "\x7f" for c in name)
+            or len(name.encode("utf-8", "surrogatepass")) > 255):
+        raise MaildirNameError(f"unsafe mailbox path component: {name!r}")
+    return name
+
+
+def _folder_component(folder: str) -> str:
+    """A Maildir++ folder: "Junk" or ".Junk" -> ".Junk"; "Lists.Python" nests."""
+    name = folder[1:] if folder.startswith(".") else folder
+    if not name or any(not part for part in name.split(".")):
+        raise MaildirNameError(f"bad Maildir++ folder name: {folder!r}")
+    return "." + _safe_component(name)
+
+
+def _escape_host(hostname: str) -> str:
+    """The host part of unique names: "/", ":" and "," (and anything odd) as octal escapes."""
+    out: list[str] = []
+    for ch in hostname:
+        if ch in "/:,\\" or not "!" <= ch <= "~":
+            out.extend(f"\\{b:03o}" for b in ch.encode("utf-8"))
+        else:
+            out.append(ch)
+    return "".join(out) or "localhost"
+
+
+def _make_maildir(maildir: Path, is_folder: bool) -> None:
+    """Create the Maildir (and the directories above it) mode 0700, durably."""
+    if is_folder:  # a Maildir++ folder lives inside the account's own Maildir
+        _make_maildir(maildir.parent, False)
+    missing = []
+    path = maildir
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        _mkdir(directory)
+    for sub in _SUBDIRS:
+        _mkdir(maildir / sub)
+    if is_folder:  # Maildir++ marks folders so readers know they hold no sub-folders
+        marker = maildir / "maildirfolder"
+        if not marker.exists():
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, _FILE_MODE))
+            _fsync_dir(maildir)
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        os.mkdir(path, _DIR_MODE)
+    except FileExistsError:
+        return
+    _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

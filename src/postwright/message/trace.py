@@ -1,0 +1,140 @@
+"""The ``Received:`` trace header we prepend to every message we accept.
+
+Builds one folded header field from values the session already knows. Every value that came
+from the peer (HELO name, reverse-DNS name, recipient) passes through a filter first, so no CR,
+LF or other control character can ever reach a header. It does not parse Received headers,
+count hops or add other trace fields (Return-Path and Delivered-To belong to delivery).
+
+Covers RFC 5321 section 4.4 (trace information, ``Stamp`` grammar), RFC 5322 section 3.6.7
+(date-time form), RFC 3848 (ESMTPA, ESMTPS, ESMTPSA) and RFC 6531 section 3.7.3 (UTF8SMTP,
+UTF8SMTPA, UTF8SMTPS, UTF8SMTPSA).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import unicodedata
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+PROTOCOLS = frozenset({
+    "SMTP", "ESMTP", "ESMTPS", "ESMTPA", "ESMTPSA",
+    "UTF8SMTP", "UTF8SMTPS", "UTF8SMTPA", "UTF8SMTPSA",
+})
+
+# Characters that would change the structure of the field if a peer slipped them into a
+# name: comment delimiters, the quoting character, the date separator and white space.
+_STRUCTURAL = frozenset("()\\;<> \t")
+# Unicode categories never allowed, even in UTF-8 headers: controls (C0 and C1), format
+# characters (bidi overrides), surrogates, private use, unassigned, line/paragraph separators
+# and non-ASCII spaces.
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
+
+_NAME_LIMIT = 255  # octets: a domain name is never longer (RFC 5321 section 4.5.3.1.2)
+_PATH_LIMIT = 256  # octets: the longest forward-path (RFC 5321 section 4.5.3.1.3)
+
+
+def with_protocol(*, esmtp: bool, tls: bool, auth: bool, utf8: bool) -> str:
+    """The ``with`` keyword for a session: registered "Mail Transmission Types" only.
+
+    A session that never said EHLO is plain ``SMTP`` whatever else happened (there is no
+    registered name for TLS or AUTH without ESMTP, and SMTPUTF8 needs EHLO).
+    """
+    if not esmtp:
+        return "SMTP"
+    suffix = ("S" if tls else "") + ("A" if auth else "")
+    return ("UTF8SMTP" if utf8 else "ESMTP") + suffix
+
+
+def received_header(*, helo: str, client_address: str, client_name: str | None, hostname: str,
+                    protocol: str, queue_id: str, recipient: str | None, tls: str | None,
+                    when: float) -> bytes:
+    """One ``Received:`` field, folded over several lines, ending in CRLF.
+
+    ``client_name`` is the verified reverse-DNS name, or None. ``recipient`` is given only
+    when the message has exactly one recipient (the ``for`` clause would otherwise leak the
+    other recipients). ``tls`` is a short description such as "TLSv1.3 TLS_AES_256_GCM_SHA384".
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol for Received: {protocol!r}")
+    utf8 = protocol.startswith("UTF8")
+    literal = _address_literal(client_address)
+    helo_clean = _token(helo, utf8=utf8, limit=_NAME_LIMIT)
+    name_clean = _token(client_name or "", utf8=utf8, limit=_NAME_LIMIT)
+
+    tcp_info = " ".join(part for part in (name_clean, literal) if part)
+    from_part = helo_clean or literal or "unknown"
+    first = f"Received: from {from_part}"
+    if tcp_info and tcp_info != from_part:
+        first += f" ({tcp_info})"
+
+    by_host = _token(hostname, utf8=utf8, limit=_NAME_LIMIT) or "localhost"
+    lines = [first, f"\tby {by_host} (postwright) with {protocol}"]
+    qid = _token(queue_id, utf8=False, limit=64)
+    if qid:
+        lines[-1] += f" id {qid}"
+    if tls is not None:
+        tls_clean = _comment_text(tls)
+        if tls_clean:
+            lines.append(f"\t({tls_clean})")
+    if recipient is not None:
+        rcpt = _path_text(recipient, utf8=utf8)
+        if rcpt:
+            lines.append(f"\tfor <{rcpt}>")
+    lines[-1] += "; " + _date(when)
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def _date(when: float) -> str:
+    """RFC 5322 date-time in UTC with a numeric "+0000" zone."""
+    return format_datetime(datetime.fromtimestamp(when, UTC))
+
+
+def _address_literal(address: str) -> str:
+    """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` (RFC 5321 section 4.1.3); "" if not an IP."""
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"[{ip.ipv4_mapped}]"
+        # Drop any "%scope": it is a local interface name, not part of the address.
+        return f"[IPv6:{ipaddress.IPv6Address(int(ip)).compressed}]"
+    return f"[{ip}]"
+
+
+def _allowed(ch: str, *, utf8: bool) -> bool:
+    if ch.isascii():
+        return "\x21" <= ch <= "\x7e"
+    return utf8 and unicodedata.category(ch) not in _BAD_CATEGORIES
+
+
+def _clip(text: str, limit: int) -> str:
+    """At most ``limit`` octets of UTF-8, cut on a character boundary."""
+    while len(text.encode("utf-8")) > limit:
+        text = text[: max(0, min(len(text) - 1, limit))]
+    return text
+
+
+def _token(text: str, *, utf8: bool, limit: int) -> str:
+    """A name with everything but visible characters dropped, structure characters too."""
+    kept = "".join(ch for ch in text if _allowed(ch, utf8=utf8) and ch not in _STRUCTURAL)
+    return _clip(kept, limit)
+
+
+def _comment_text(text: str) -> str:
+    """Free text for a comment: visible ASCII and single spaces, no parentheses or quoting."""
+    kept = "".join(
+        ch if _allowed(ch, utf8=False) and ch not in "()\\" else " " for ch in text
+    )
+    return _clip(" ".join(kept.split()), 200)
+
+
+def _path_text(text: str, *, utf8: bool) -> str:
+    """A recipient for the ``for`` clause; a quoted local part may keep its spaces."""
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    kept = "".join(ch for ch in text if ch == " " or _allowed(ch, utf8=utf8))
+    return _clip(kept, _PATH_LIMIT)
