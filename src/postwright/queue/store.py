@@ -1,0 +1,468 @@
+"""The durable queue: messages, their envelopes and per-recipient status, on local disk.
+
+"250 means durable": :meth:`QueueStore.commit` returns only once the body and envelope are
+on stable storage. Records go through one flusher task that writes each pending batch with a
+single writev + fdatasync in a worker thread (group commit), so many sessions ending DATA at
+once share one sync. Large bodies are streamed to files and never held whole in memory. At
+:meth:`QueueStore.open` the journal is replayed into an in-memory index; torn tails are cut,
+damaged records are quarantined and the rest still loads. Old segments are deleted or compacted.
+
+Not here: deciding bounces or retries beyond the schedule (the delivery manager does), sockets,
+clocks (``now`` is passed in). Covers the storage duty of RFC 5321 sections 4.5.4.1 and 6.1.
+Value types and record payloads live in ``records.py``, body files in ``body.py``, the
+index in ``index.py``, start-up repair in ``recovery.py``, framing in ``journal.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import io
+import os
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO
+
+from ..envelope import Envelope
+from ..errors import QueueError
+from . import journal, recovery
+from .body import BodyWriter
+from .index import Entry, QueueIndex
+from .journal import Journal, QueueStats, RecordType
+from .records import (
+    FINAL,
+    Op,
+    QueuedMessage,
+    RecipientResult,
+    RecipientState,
+    RecoveryReport,
+    encode,
+)
+from .schedule import RetrySchedule
+
+_MAX_BATCH_RECORDS = 1024
+_MAX_BATCH_BYTES = 4 * 1024 * 1024
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: ASCII order = numeric order
+
+
+@dataclass(slots=True)
+class _Pending:
+    data: bytes
+    op: Op
+    future: asyncio.Future[None]
+    body_dir: bool
+
+
+@dataclass(slots=True)
+class _Slot:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class QueueStore:
+    """One queue directory. Open it with :meth:`open` before use.
+
+    The CLI, when no server holds the queue, calls the async methods with ``asyncio.run``
+    (``asyncio.run(store.hold(qid))``); each call finishes its writes before returning.
+    """
+
+    def __init__(self, directory: Path, *, spill_threshold: int = 256 * 1024,
+                 segment_size: int = 64 * 1024 * 1024, commit_window: float = 0.0,
+                 schedule: RetrySchedule | None = None) -> None:
+        self.directory = Path(directory)
+        self.spill_threshold = spill_threshold
+        self.segment_size = segment_size
+        self.commit_window = commit_window
+        self.schedule = schedule or RetrySchedule()
+        self.stats = QueueStats()
+        self.readonly = False
+        self._layout = recovery.Layout(self.directory)
+        self._bodies = self._layout.bodies
+        self._index = QueueIndex()
+        self._journal: Journal | None = None
+        self._lock_fd = -1
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._maintainer: asyncio.Task[None] | None = None
+        self._slots: dict[str, _Slot] = {}
+        self._last_id = (0, 0)
+        self._opened = False
+        self.maintenance_error: Exception | None = None
+
+    # ---- opening and closing ----------------------------------------------------------
+    def open(self, *, readonly: bool = False) -> RecoveryReport:
+        """Replay the journal into memory. Read-write takes ``D/lock`` and repairs damage."""
+        if self._opened:
+            raise QueueError("queue store already open")
+        self.readonly = readonly
+        report = RecoveryReport()
+        if not readonly:
+            self._lock()
+        try:
+            self._index = QueueIndex()
+            recovery.replay(self._layout, self._index, report, readonly=readonly)
+            broken = recovery.check_bodies(self._layout, self._index, report, readonly=readonly)
+            if not readonly:
+                recovery.clean_directories(self._layout, self._index, report)
+                self._journal = Journal(self._layout.segments, segment_size=self.segment_size,
+                                        stats=self.stats)
+                self._journal.start()
+                self._index.active = self._journal.active
+                for qid in broken:  # so that they are not found again at the next start
+                    data, op = encode(Op(RecordType.REMOVE, qid))
+                    segment, offset, _ = self._journal.append([data])
+                    self._index.apply(op, segment, offset, len(data))
+                self._index.dirty = bool(self._journal.closed())  # look at the first batch
+        except BaseException:
+            self._release()
+            raise
+        self._opened = True
+        report.messages = len(self._index.entries)
+        return report
+
+    def _lock(self) -> None:
+        layout = self._layout
+        for d in (layout.segments, layout.bodies, layout.incoming, layout.quarantine):
+            d.mkdir(parents=True, exist_ok=True)
+        journal.fsync_dir(layout.root)
+        journal.fsync_dir(layout.root.parent)
+        self._lock_fd = os.open(layout.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise QueueError(f"queue {self.directory} is in use by another process") from exc
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened
+
+    async def aclose(self) -> None:
+        """Finish pending writes and maintenance, then release the lock."""
+        while True:
+            tasks = [t for t in (self._flusher, self._maintainer) if t is not None and not t.done()]
+            if not tasks:
+                break
+            await asyncio.wait(tasks)
+        self._release()
+
+    def close(self) -> None:
+        """Close without an event loop (CLI); nothing may be in flight."""
+        if self._pending or any(t is not None and not t.done()
+                                for t in (self._flusher, self._maintainer)):
+            raise QueueError("queue has writes in flight; use aclose()")
+        self._release()
+
+    def _release(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = -1
+        self._opened = False
+
+    # ---- reading ----------------------------------------------------------------------
+    def _entry(self, qid: str) -> Entry:
+        entry = self._index.entries.get(qid)
+        if entry is None:
+            raise QueueError(f"no queued message {qid}")
+        return entry
+
+    def ids(self) -> list[str]:
+        """Queue ids in arrival order (ids sort by arrival)."""
+        return sorted(self._index.entries)
+
+    def get(self, qid: str) -> QueuedMessage:
+        """A snapshot of one queued message; QueueError if unknown."""
+        msg = self._entry(qid).msg
+        return replace(msg, recipients=list(msg.recipients))
+
+    def open_body(self, qid: str) -> BinaryIO:
+        """The body as a binary file object; safe to call from a worker thread."""
+        for _ in range(3):
+            entry = self._entry(qid)
+            try:
+                if entry.body_file:
+                    return open(self._bodies / qid, "rb")
+                frame = journal.read_frame(self._layout.segment(entry.segment), entry.offset,
+                                           entry.length)
+            except FileNotFoundError:
+                continue  # moved by compaction meanwhile: look it up again
+            except ValueError as exc:
+                raise QueueError(f"queue record of {qid} is damaged: {exc}") from exc
+            start = entry.body_start
+            return io.BytesIO(frame.payload[start:start + entry.msg.size])
+        raise QueueError(f"body of {qid} not found")
+
+    def due(self, now: float) -> list[str]:
+        """Messages not held with some recipient pending or deferred and due by ``now``."""
+        return sorted(qid for qid, e in self._index.entries.items()
+                      if not e.msg.held and any(r.status not in FINAL and r.next_attempt <= now
+                                                for r in e.msg.recipients))
+
+    def next_due_time(self) -> float | None:
+        """Earliest next attempt among messages that are not held, or None."""
+        times = [r.next_attempt for e in self._index.entries.values() if not e.msg.held
+                 for r in e.msg.recipients if r.status not in FINAL]
+        return min(times, default=None)
+
+    # ---- bodies and commits -----------------------------------------------------------
+    def new_body(self) -> BodyWriter:
+        return BodyWriter(self._layout.incoming, self.spill_threshold)
+
+    def discard(self, body: BodyWriter) -> None:
+        body.discard()
+
+    async def commit(self, body: BodyWriter, envelope: Envelope, *, now: float) -> str:
+        """Queue a message; returns its id once body and envelope are on stable storage."""
+        self._writable()
+        if not envelope.recipients:
+            raise QueueError("a message needs at least one recipient")
+        inline = body.take_inline()  # raises QueueError if the body cannot be committed
+        qid = self._new_id(now)
+        if inline is None:
+            try:
+                await asyncio.to_thread(body.finish, self._bodies / qid)
+            except OSError as exc:
+                body.abandon()
+                raise QueueError(f"saving the body failed: {exc}") from exc
+            self.stats.body_syncs += 1
+        msg = QueuedMessage(qid, envelope, body.size, now, False,
+                            [RecipientState(r, "pending", 0, now, None)
+                             for r in envelope.recipients])
+        op = Op(RecordType.MESSAGE, qid, message=msg, body_file=inline is None, crc=body.crc)
+        try:
+            await self._submit(op, inline or b"", body_dir=inline is None)
+        except QueueError:
+            body.abandon()
+            raise
+        return qid
+
+    def _new_id(self, now: float) -> str:
+        ms = max(int(now * 1000), 0)
+        last_ms, last_seq = self._last_id
+        if ms <= last_ms and last_seq < (1 << 32) - 1:
+            ms, seq = last_ms, last_seq + 1
+        else:
+            ms, seq = max(ms, last_ms + 1), secrets.randbits(24)
+        while True:
+            self._last_id = (ms, seq)
+            value = (ms << 32) | seq
+            qid = "".join(_ALPHABET[(value >> shift) & 31] for shift in range(75, -1, -5))
+            if qid not in self._index.entries:
+                return qid
+            seq += 1
+
+    def _writable(self) -> None:
+        if not self._opened:
+            raise QueueError("queue store is not open")
+        if self.readonly:
+            raise QueueError("queue store is open read-only")
+
+    # ---- group commit -----------------------------------------------------------------
+    async def _submit(self, op: Op, body: bytes = b"", *, body_dir: bool = False) -> None:
+        """Hand one record to the flusher and wait until it is durable and applied."""
+        loop = asyncio.get_running_loop()
+        data, op = encode(op, body)
+        item = _Pending(data, op, loop.create_future(), body_dir)
+        self._pending.append(item)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_loop())
+        await item.future
+
+    async def _flush_loop(self) -> None:
+        while self._pending:
+            if self.commit_window > 0:
+                await asyncio.sleep(self.commit_window)
+            batch = self._take_batch()
+            assert self._journal is not None
+            dirs = [self._bodies] if any(p.body_dir for p in batch) else []
+            try:
+                segment, offset, rotated = await asyncio.to_thread(
+                    self._journal.append, [p.data for p in batch], dirs)
+            except Exception as exc:
+                error = QueueError(f"queue write failed: {exc}")
+                error.__cause__ = exc
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(error)
+                continue
+            self._index.active = segment
+            for p in batch:
+                self._index.apply(p.op, segment, offset, len(p.data))
+                offset += len(p.data)
+                if not p.future.done():
+                    p.future.set_result(None)
+            if rotated or self._index.dirty:
+                self._schedule_maintenance()
+
+    def _take_batch(self) -> list[_Pending]:
+        size, count = 0, 0
+        for p in self._pending:
+            if count and (count >= _MAX_BATCH_RECORDS or size + len(p.data) > _MAX_BATCH_BYTES):
+                break
+            size += len(p.data)
+            count += 1
+        batch, self._pending = self._pending[:count], self._pending[count:]
+        return batch
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, qid: str) -> AsyncIterator[Entry]:
+        """Serialize read-modify-write of one message; yields its current entry."""
+        slot = self._slots.setdefault(qid, _Slot())
+        slot.users += 1
+        try:
+            async with slot.lock:
+                yield self._entry(qid)
+        finally:
+            slot.users -= 1
+            if not slot.users:
+                del self._slots[qid]
+
+    # ---- status changes ---------------------------------------------------------------
+    async def record(self, qid: str, results: Mapping[int, RecipientResult], *,
+                     now: float) -> None:
+        """Record delivery results; index = position in ``envelope.recipients``.
+
+        Each result counts as an attempt; "deferred" gets its next attempt from the schedule.
+        Once every recipient is delivered or failed the message leaves the queue.
+        """
+        self._writable()
+        async with self._exclusive(qid) as entry:
+            states = entry.msg.recipients
+            updates: dict[int, RecipientState] = {}
+            for i, result in results.items():
+                if result.status not in FINAL and result.status != "deferred":
+                    raise ValueError(f"bad recipient status {result.status!r}")
+                if not 0 <= i < len(states):
+                    raise QueueError(f"message {qid} has no recipient {i}")
+                attempts = states[i].attempts + 1
+                later = now + self.schedule.next_delay(attempts)
+                updates[i] = replace(states[i], status=result.status, attempts=attempts,
+                                     next_attempt=later if result.status == "deferred" else now,
+                                     last_reply=result.reply)
+            if all(updates.get(i, s).status in FINAL for i, s in enumerate(states)):
+                await self._remove(entry)
+            elif updates:
+                await self._submit(Op(RecordType.STATUS, qid, updates=updates))
+
+    async def _remove(self, entry: Entry) -> None:
+        await self._submit(Op(RecordType.REMOVE, entry.msg.id))
+        if entry.body_file:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(os.unlink, self._bodies / entry.msg.id)
+
+    async def hold(self, qid: str) -> None:
+        """Keep a message from delivery until released."""
+        self._writable()
+        async with self._exclusive(qid) as entry:
+            if not entry.msg.held:
+                await self._submit(Op(RecordType.HOLD, qid))
+
+    async def release(self, qid: str) -> None:
+        self._writable()
+        async with self._exclusive(qid) as entry:
+            if entry.msg.held:
+                await self._submit(Op(RecordType.RELEASE, qid))
+
+    async def delete(self, qid: str) -> None:
+        """Remove a message without delivering it (no bounce)."""
+        self._writable()
+        async with self._exclusive(qid) as entry:
+            await self._remove(entry)
+
+    async def flush(self, *, now: float) -> int:
+        """Make every waiting recipient of messages not held due at ``now``; returns how many."""
+        self._writable()
+        targets = [qid for qid, e in self._index.entries.items() if not e.msg.held
+                   and any(r.status not in FINAL and r.next_attempt > now
+                           for r in e.msg.recipients)]
+        counts = await asyncio.gather(*(self._flush_one(qid, now) for qid in targets))
+        return sum(counts)
+
+    async def _flush_one(self, qid: str, now: float) -> int:
+        try:
+            async with self._exclusive(qid) as entry:
+                updates = {i: replace(r, next_attempt=now)
+                           for i, r in enumerate(entry.msg.recipients)
+                           if r.status not in FINAL and r.next_attempt > now}
+                if updates and not entry.msg.held:
+                    await self._submit(Op(RecordType.STATUS, qid, updates=updates))
+                    return len(updates)
+                return 0
+        except QueueError:
+            if qid in self._index.entries:
+                raise
+            return 0  # removed meanwhile
+
+    # ---- segment maintenance ----------------------------------------------------------
+    def _schedule_maintenance(self) -> None:
+        self._index.dirty = True
+        if self._maintainer is None or self._maintainer.done():
+            self._maintainer = asyncio.get_running_loop().create_task(self._maintain())
+
+    async def _maintain(self) -> None:
+        while self._index.dirty and self._journal is not None:
+            self._index.dirty = False
+            try:
+                await self.compact()
+            except (OSError, QueueError) as exc:
+                self.maintenance_error = exc  # tried again at the next rotation or removal
+                return
+
+    async def compact(self) -> int:
+        """Delete closed segments no longer needed; compact those with little live data.
+
+        A segment goes once no live message has its MESSAGE record there and the older
+        segments its records refer to are gone (see ``index.py``). One with live messages
+        taking at most half its size is compacted first: those messages are re-committed, with
+        their current status, into the active segment. Returns the number of segments deleted.
+        Called after each rotation and whenever a closed segment loses its last live message.
+        """
+        self._writable()
+        deleted = 0
+        assert self._journal is not None
+        for number in self._journal.closed():
+            if self._journal is None or self._index.blocked(number, self._journal.sizes.keys()):
+                continue
+            live = self._index.live(number)
+            if live:
+                if 2 * self._index.live_bytes(number) > self._journal.sizes.get(number, 0):
+                    continue
+                for qid in live:
+                    await self._recommit(qid, number)
+                if self._index.live(number) or self._journal is None:
+                    continue
+            if await asyncio.to_thread(self._journal.delete, number):
+                deleted += 1
+            self._index.forget(number)
+        return deleted
+
+    async def _recommit(self, qid: str, number: int) -> None:
+        try:
+            async with self._exclusive(qid) as entry:
+                if entry.segment != number:
+                    return
+                body = b""
+                if not entry.body_file:
+                    frame = await asyncio.to_thread(journal.read_frame,
+                                                    self._layout.segment(number),
+                                                    entry.offset, entry.length)
+                    body = frame.payload[entry.body_start:entry.body_start + entry.msg.size]
+                msg = replace(entry.msg, recipients=list(entry.msg.recipients))
+                await self._submit(Op(RecordType.MESSAGE, qid, message=msg,
+                                      body_file=entry.body_file, crc=entry.crc), body)
+                self.stats.compacted += 1
+        except QueueError:
+            if qid in self._index.entries:
+                raise
+
+
+__all__ = ["BodyWriter", "QueueStore", "QueueStats", "QueuedMessage", "RecipientResult",
+           "RecipientState", "RecoveryReport"]
