@@ -51,7 +51,11 @@ class Reply:
         for i, line in enumerate(self.lines):
             sep = " " if i == last else "-"
             text = f"{prefix}{line}" if line or prefix else ""
-            out.append(f"{self.code}{sep}{text}".rstrip(" ") + "\r\n")
+            line_out = f"{self.code}{sep}{text}"
+            if text == "" and not (self.code == 334 and sep == " "):
+                # RFC 4954 continue-req is "334" SP [base64]; elsewhere no trailing space
+                line_out = line_out.rstrip(" ")
+            out.append(line_out + "\r\n")
         return "".join(out).encode("utf-8")
 
     def __str__(self) -> str:
