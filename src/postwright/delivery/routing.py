@@ -101,8 +101,9 @@ class Router:
 
     def __init__(self, *, local_domains: Iterable[str], aliases: Mapping[str, Sequence[str]],
                  account_exists: Callable[[str], bool], catchall: Mapping[str, str] | None = None,
-                 recipient_delimiter: str = "+") -> None:
+                 recipient_delimiter: str = "+", wildcard: Iterable[str] = ()) -> None:
         self._delimiters = recipient_delimiter
+        self._wildcard = frozenset(_domain_ascii(d) for d in wildcard)
         self._account_exists = account_exists
         ordered: list[str] = []
         for name in local_domains:
@@ -222,7 +223,7 @@ class Router:
         return False
 
     def _add_account(self, name: str, local: str, domain: str, found: _Collected) -> bool:
-        if not self._account_exists(name):
+        if domain not in self._wildcard and not self._account_exists(name):
             return False
         key = (base_local_part(local, self._delimiters), domain)
         found.local.setdefault(key, str(Mailbox(local, Domain(domain, False))))

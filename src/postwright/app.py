@@ -1,0 +1,144 @@
+"""Composition: build the concrete objects from a Config and run them until told to stop.
+
+The only module that knows every layer. ``App.start`` opens the queue (recovering it),
+the account store, router, Maildir agent, delivery manager, TLS context, listeners and the
+control socket; ``App.stop`` drains sessions, stops delivery and closes the queue, in that
+order, so that SIGTERM ends with nothing half-done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+from .accounts import AccountStore
+from .config import Config
+from .control import ControlServer
+from .delivery.maildir import MaildirDelivery
+from .delivery.manager import DeliveryManager
+from .delivery.routing import Router
+from .net.listener import Listener
+from .net.stream import Stream
+from .net.tls import ensure_self_signed, server_context
+from .protocol.server import ServerSettings
+from .queue import QueueStore, RetrySchedule
+from .server.session import Role, Services, serve_connection
+
+log = logging.getLogger("postwright.app")
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.listeners: list[Listener] = []
+        self._stop = asyncio.Event()
+        self._manager_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        lim = cfg.limits
+        delivery = cfg.delivery
+        self.schedule = RetrySchedule(first=delivery.retry_first, cap=delivery.retry_max,
+                                      lifetime=delivery.lifetime)
+        self.queue = QueueStore(cfg.queue_dir, spill_threshold=cfg.queue.spill_threshold,
+                                commit_window=cfg.queue.group_commit_window,
+                                schedule=self.schedule)
+        report = self.queue.open()
+        log.info("queue opened", extra={"event": "queue_open", **report.as_log()})
+        self.accounts = AccountStore(cfg.accounts_path)
+        self.router = Router(local_domains=cfg.domains.local, aliases=cfg.aliases,
+                             account_exists=self.accounts.exists,
+                             catchall=cfg.domains.catchall,
+                             wildcard=cfg.domains.wildcard)
+        self.maildir = MaildirDelivery(cfg.mail_dir, hostname=cfg.hostname)
+        self.manager = DeliveryManager(queue=self.queue, router=self.router,
+                                       maildir=self.maildir, hostname=cfg.hostname,
+                                       schedule=self.schedule,
+                                       concurrency=delivery.concurrency)
+        if cfg.tls.cert and cfg.tls.key:
+            cert, key = Path(cfg.tls.cert), Path(cfg.tls.key)
+        else:
+            cert, key = ensure_self_signed(cfg.data_dir / "tls", cfg.hostname)
+        self.tls = server_context(cert, key)
+        self.services = Services(
+            hostname=cfg.hostname, router=self.router, queue=self.queue,
+            command_timeout=lim.command_timeout, data_timeout=lim.data_timeout,
+            tls_context=self.tls, on_queued=self.manager.wake,
+        )
+        base = ServerSettings(
+            hostname=cfg.hostname, max_message_size=lim.max_message_size,
+            max_recipients=lim.max_recipients, max_line_length=lim.max_line_length,
+            max_errors=lim.max_errors, tls_available=True,
+        )
+        roles = [
+            (Role("smtp", base), cfg.listen.smtp, None),
+            (Role("submission", replace(base, require_tls=True, require_auth=True),
+                  relay_when_authenticated=True), cfg.listen.submission, None),
+            (Role("submissions", replace(base, tls_active=True, require_auth=True),
+                  relay_when_authenticated=True), cfg.listen.submissions, self.tls),
+        ]
+        for role, addresses, ssl_context in roles:
+            if not addresses:
+                continue
+            listener = Listener(role.name, list(addresses), self._handler(role),
+                                max_connections=lim.max_connections,
+                                max_per_client=lim.max_connections_per_client,
+                                ssl_context=ssl_context)
+            await listener.start()
+            self.listeners.append(listener)
+            log.info("listening", extra={"event": "listen", "role": role.name,
+                                         "addresses": [f"{h}:{p}" for h, p in listener.bound]})
+        self.control = ControlServer(cfg.data_dir / "control.sock", self.queue,
+                                     self.manager.wake)
+        await self.control.start()
+        self._manager_task = asyncio.get_running_loop().create_task(self.manager.run())
+
+    def _handler(self, role: Role) -> Callable[[Stream], Awaitable[None]]:
+        services = self.services
+
+        async def handle(stream: Stream) -> None:
+            await serve_connection(stream, role, services)
+
+        return handle
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        log.info("ready", extra={"event": "ready", "hostname": self.config.hostname})
+        await self._stop.wait()
+        log.info("stopping", extra={"event": "stopping"})
+        await self.stop()
+        log.info("stopped", extra={"event": "stopped"})
+
+    async def stop(self, drain_timeout: float = 10.0) -> None:
+        await asyncio.gather(*(lst.drain(drain_timeout) for lst in self.listeners))
+        await self.control.close()
+        await self.manager.stop()
+        if self._manager_task is not None:
+            self._manager_task.cancel()
+            try:
+                await self._manager_task
+            except asyncio.CancelledError:
+                pass
+        await self.queue.aclose()
+
+
+def serve(config: Config) -> int:
+    try:
+        import uvloop  # optional: pip install postwright[fast]
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    runner(App(config).run())
+    return 0

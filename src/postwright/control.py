@@ -1,0 +1,119 @@
+"""The control socket: how `postwright queue ...` talks to a running server.
+
+A Unix socket at ``data_dir/control.sock`` carrying one JSON request per line and one JSON
+answer per line. Only the queue operations of the CLI are offered: list, show, hold, release,
+delete, flush. The socket is created mode 0600, so only the server's user can use it. When no
+server runs, the CLI opens the queue itself instead (see ``cli.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import QueueError
+from .queue import QueueStore
+
+log = logging.getLogger("postwright.control")
+
+
+async def queue_op(queue: QueueStore, op: str, qid: str | None) -> Any:
+    """Run one queue operation; shared by the control socket and the offline CLI."""
+    now = time.time()
+    if op == "list":
+        return [queue.get(i).to_json() for i in queue.ids()]
+    if op == "flush":
+        return {"flushed": await queue.flush(now=now)}
+    if qid is None:
+        raise QueueError(f"{op} needs a queue id")
+    if op == "show":
+        msg = queue.get(qid)
+        out = msg.to_json()
+        with queue.open_body(qid) as body:
+            out["headers"] = _headers(body.read(64 * 1024))
+        out["envelope"] = msg.envelope.to_dict()
+        return out
+    if op == "hold":
+        await queue.hold(qid)
+    elif op == "release":
+        await queue.release(qid)
+    elif op == "delete":
+        await queue.delete(qid)
+    else:
+        raise QueueError(f"unknown operation {op!r}")
+    return {"id": qid, "done": op}
+
+
+def _headers(head: bytes) -> str:
+    end = head.find(b"\r\n\r\n")
+    return head[: end if end >= 0 else len(head)].decode("utf-8", "replace")
+
+
+class ControlServer:
+    def __init__(self, path: Path, queue: QueueStore, on_change: Callable[[], None]) -> None:
+        self.path = path
+        self.queue = queue
+        self.on_change = on_change
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
+        old = os.umask(0o177)
+        try:
+            self.server = await asyncio.start_unix_server(self._client, path=str(self.path))
+        finally:
+            os.umask(old)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            try:
+                req = json.loads(line)
+                result = await queue_op(self.queue, str(req["op"]), req.get("id"))
+                answer: dict[str, Any] = {"ok": True, "result": result}
+                if req["op"] in ("release", "flush"):
+                    self.on_change()
+            except (QueueError, KeyError, ValueError, TypeError) as exc:
+                answer = {"ok": False, "error": str(exc)}
+            log.info("control", extra={"event": "control", "request": line.decode().strip(),
+                                       "ok": answer["ok"]})
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        finally:
+            writer.close()
+
+
+def request(path: Path, op: str, qid: str | None = None, timeout: float = 30.0) -> Any:
+    """Client side (blocking): send one request; raise ConnectionError if no server listens."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"op": op, "id": qid}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    answer = json.loads(data)
+    if not answer.get("ok"):
+        raise QueueError(str(answer.get("error")))
+    return answer["result"]

@@ -1,0 +1,1 @@
+"""The only code that touches sockets and TLS: listeners and a stream adapter. Thin."""

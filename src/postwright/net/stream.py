@@ -1,0 +1,140 @@
+"""A small stream over ``asyncio.Protocol``, built for the SMTP fast path.
+
+``data_received`` hands bytes to a sink (the sans-IO core's ``receive_data``) and wakes the
+session task; writes go straight to the transport. Compared with asyncio streams this skips a
+buffer copy and a layer of futures per read. It also carries what the session needs to know
+of the connection: peer address and TLS details, and the STARTTLS upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+
+_HIGH_WATER = 1 << 20  # pause reading when this much input is waiting for the session
+
+
+class Stream(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] = ("", 0)
+        self.sink: Callable[[bytes], None] | None = None
+        self.idle = True  # no mail transaction under way (set by the session)
+        self.pending = 0  # bytes handed to the sink that the session has not processed
+        self._waiter: asyncio.Future[None] | None = None
+        self._eof = False
+        self._paused = False
+        self._closed = asyncio.get_running_loop().create_future()
+        self._early: list[bytes] = []
+
+    # ---- asyncio.Protocol --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        if isinstance(peer, tuple):
+            self.peer = (str(peer[0]), int(peer[1]))
+        if isinstance(local, tuple):
+            self.local = (str(local[0]), int(local[1]))
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink is None:
+            self._early.append(data)
+        else:
+            self.sink(data)
+        self.pending += len(data)
+        if self.pending > _HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self._wake()
+
+    # ---- for the session ---------------------------------------------------------------
+    def attach(self, sink: Callable[[bytes], None]) -> None:
+        self.sink = sink
+        for data in self._early:
+            sink(data)
+        self._early.clear()
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof
+
+    def consumed(self, remaining: int) -> None:
+        """The session processed input down to ``remaining`` buffered bytes."""
+        self.pending = remaining
+        if self._paused and remaining < _HIGH_WATER // 2 and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    async def wait_data(self, timeout: float) -> bool:
+        """Wait for more input or EOF; False on timeout."""
+        if self._eof:
+            return True
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        try:
+            await asyncio.wait_for(self._waiter, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiter = None
+
+    def write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    async def wait_closed(self) -> None:
+        await self._closed
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def tls(self) -> tuple[str, str] | None:
+        """(protocol version, cipher name) once TLS is up."""
+        if self.transport is None:
+            return None
+        obj = self.transport.get_extra_info("ssl_object")
+        if obj is None:
+            return None
+        cipher = obj.cipher()
+        return (str(obj.version()), str(cipher[0]) if cipher else "")
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> None:
+        """Upgrade this connection in place (STARTTLS, RFC 3207)."""
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self._early.clear()
+        new = await loop.start_tls(self.transport, self, context, server_side=True,
+                                   ssl_handshake_timeout=timeout)
+        if new is None:
+            raise ConnectionError("TLS handshake failed")
+        self.transport = new
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)

@@ -1,0 +1,100 @@
+"""DATA body framing: find the end of data, undo dot-stuffing, flag bare CR and LF.
+
+RFC 5321 section 4.1.1.4 (DATA), 4.5.2 (transparency) and 2.3.8 (lines end in CRLF only).
+Only the exact sequence CRLF "." CRLF ends a message. The decoder works on whole buffers
+(``bytes.find`` and ``bytes.replace``), never line by line, and holds back at most four bytes
+that could be the start of the terminator. It never passes a bare CR or LF on silently: it
+reports them (``bare_cr``, ``bare_lf``, ``nul``) and the connection decides what to do.
+
+Standard library only; no I/O.
+"""
+
+from __future__ import annotations
+
+_TERMINATOR = b"\r\n.\r\n"
+# Prefixes of the terminator that may sit at the end of a buffer, longest first.
+_PREFIXES = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
+
+
+class DataDecoder:
+    """Incremental decoder for one DATA body.
+
+    ``feed(buf)`` consumes bytes from ``buf`` (a bytearray, modified in place) and returns
+    the unstuffed content found so far; ``done`` turns true once the terminator was seen,
+    and whatever followed it is left in ``buf``.
+    """
+
+    __slots__ = ("done", "bare_cr", "bare_lf", "nul", "_started", "_strip")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.bare_cr = False
+        self.bare_lf = False
+        self.nul = False
+        # The body starts at the beginning of a line: we pretend a CRLF came before it, so
+        # a leading "." is unstuffed and an immediate ".CRLF" ends an empty message.
+        self._started = False
+        self._strip = 0
+
+    def feed(self, buf: bytearray) -> bytes:
+        if self.done or not buf:
+            return b""
+        if not self._started:
+            buf[:0] = b"\r\n"
+            self._started = True
+            self._strip = 2
+        end = buf.find(_TERMINATOR)
+        if end >= 0:
+            take = end + 2  # keep the CRLF that ends the last line
+            consumed = end + len(_TERMINATOR)
+            self.done = True
+        else:
+            take = len(buf) - _held_back(buf)
+            consumed = take
+        if take == 0:
+            return b""
+        # take >= 2 whenever the virtual CRLF is still in front: no terminator prefix
+        # starts with LF, so the hold-back never splits it.
+        chunk = bytes(buf[:take])
+        del buf[:consumed]
+        self._scan(chunk)
+        out = chunk.replace(b"\r\n.", b"\r\n")
+        if self._strip:
+            out = out[self._strip:]
+            self._strip = 0
+        return out
+
+    def _scan(self, chunk: bytes) -> None:
+        crlf = chunk.count(b"\r\n")
+        if not self.bare_lf and chunk.count(b"\n") != crlf:
+            self.bare_lf = True
+        if not self.bare_cr and chunk.count(b"\r") != crlf:
+            self.bare_cr = True
+        if not self.nul and b"\0" in chunk:
+            self.nul = True
+
+    @property
+    def clean(self) -> bool:
+        return not (self.bare_cr or self.bare_lf or self.nul)
+
+
+def _held_back(buf: bytearray) -> int:
+    """How many trailing bytes could begin the terminator and must wait for more input."""
+    for prefix in _PREFIXES:
+        if buf.endswith(prefix):
+            return len(prefix)
+    return 0
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """Stuff a CRLF-clean body for sending with DATA and append the terminator.
+
+    The caller guarantees ``data`` has no bare CR or LF. A body that does not end in CRLF
+    gets one before the terminator.
+    """
+    if data.startswith(b"."):
+        data = b"." + data
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"

@@ -1,0 +1,353 @@
+"""One inbound SMTP session: the sans-IO core driven over a :class:`~postwright.net.stream.Stream`.
+
+The session answers the core's events: it applies relay and recipient policy at RCPT, streams
+the body into the queue and replies 250 to end-of-data only after the queue says the message
+is durable. It never delivers mail itself. Replies are written here and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..delivery.routing import Router
+from ..envelope import Envelope, Recipient
+from ..message.trace import with_protocol
+from ..net.stream import Stream
+from ..policy.relay import relay_check
+from ..protocol.address import Domain, Mailbox, Path
+from ..protocol.events import (
+    NEED_DATA,
+    Auth,
+    AuthResponse,
+    BadCommand,
+    Command,
+    ConnectionClosed,
+    EndOfChunk,
+    EndOfMessage,
+    Event,
+    Hello,
+    Mail,
+    MessageData,
+    Rcpt,
+    Sentinel,
+)
+from ..protocol.params import MailParams, RcptParams
+from ..protocol.reply import Reply
+from ..protocol.server import ServerConnection, ServerSettings
+from ..queue import BodyWriter, QueueStore
+
+log = logging.getLogger("postwright.smtpd")
+
+
+class Authenticator(Protocol):
+    """SASL back end for AUTH (RFC 4954); supplied by the submission layer."""
+
+    def start(self, mechanism: str, initial: str | None) -> Reply: ...
+    def step(self, data: str) -> Reply: ...
+    @property
+    def identity(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Role:
+    """How a listener behaves: smtp (MX), submission (587) or submissions (465)."""
+
+    name: str
+    settings: ServerSettings
+    relay_when_authenticated: bool = False
+
+
+@dataclass
+class Services:
+    hostname: str
+    router: Router
+    queue: QueueStore
+    command_timeout: float = 300.0
+    data_timeout: float = 180.0
+    tls_context: ssl.SSLContext | None = None
+    handshake_timeout: float = 30.0
+    on_queued: Callable[[str], None] = field(default=lambda qid: None)
+    new_authenticator: Callable[[], Authenticator] | None = None
+
+
+_OK = Reply(250, "2.0.0", "Ok")
+
+
+class InboundSession:
+    def __init__(self, stream: Stream, role: Role, services: Services) -> None:
+        self.stream = stream
+        self.role = role
+        self.services = services
+        self.conn = ServerConnection(role.settings)
+        self.client = stream.peer[0]
+        self.sender: str | None = None
+        self.mail_params: MailParams | None = None
+        self.recipients: list[Recipient] = []
+        self._seen: set[str] = set()
+        self.body: BodyWriter | None = None
+        self.account: str | None = None
+        self.auth: Authenticator | None = None
+        stream.attach(self.conn.receive_data)
+
+    # ---- main loop ---------------------------------------------------------------------
+    async def run(self) -> None:
+        log.info("connect", extra={"event": "connect", "role": self.role.name,
+                                   "client": self.client})
+        conn = self.conn
+        try:
+            self.send(Reply(220, None, f"{self.services.hostname} ESMTP postwright"))
+            while not conn.must_close:
+                ev = conn.next_event()
+                if ev is NEED_DATA:
+                    self.flush()
+                    if self.stream.at_eof:
+                        conn.receive_eof()
+                        continue
+                    timeout = (self.services.data_timeout if conn.in_data
+                               else self.services.command_timeout)
+                    self.stream.idle = not conn.in_transaction
+                    if not await self.stream.wait_data(timeout):
+                        log.info("timeout", extra={"event": "timeout", "client": self.client})
+                        self.send(Reply(421, "4.4.2", "Timeout, closing connection"))
+                        break
+                    self.stream.idle = False
+                    continue
+                if isinstance(ev, Sentinel):
+                    break  # nothing more can happen on this connection
+                if isinstance(ev, ConnectionClosed):
+                    break
+                await self.handle(ev)
+                self.stream.consumed(conn.buffered)
+        except asyncio.CancelledError:
+            if not conn.must_close:
+                self.send(Reply(421, "4.3.2", "Server shutting down"))
+            self.flush()
+            raise
+        finally:
+            self.flush()
+            self._drop_body()
+            log.info("disconnect", extra={"event": "disconnect", "client": self.client,
+                                          "errors": conn.errors})
+
+    def send(self, reply: Reply) -> None:
+        self.conn.send(reply)
+
+    def flush(self) -> None:
+        self.stream.write(self.conn.data_to_send())
+
+    # ---- event handlers ----------------------------------------------------------------
+    async def handle(self, ev: Event) -> None:
+        if isinstance(ev, MessageData):
+            if self.body is None:
+                self.body = self.services.queue.new_body()
+            self.body.write(ev.data)
+        elif isinstance(ev, EndOfMessage):
+            await self.end_of_message(ev)
+        elif isinstance(ev, EndOfChunk):
+            self.send(Reply(250, "2.0.0", f"{ev.size} octets received"))
+        elif isinstance(ev, BadCommand):
+            log.info("bad command", extra={"event": "reject", "client": self.client,
+                                           "reply": str(ev.reply), "reason": ev.detail})
+            self.send(ev.reply)
+            if ev.fatal:
+                self.flush()
+        elif isinstance(ev, Hello):
+            self._clear()
+            self.send(self.conn.hello_reply(f"Hello {ev.domain}"))
+        elif isinstance(ev, Mail):
+            self.mail(ev)
+        elif isinstance(ev, Rcpt):
+            self.rcpt(ev)
+        elif isinstance(ev, Auth):
+            self.auth_start(ev)
+        elif isinstance(ev, AuthResponse):
+            self.auth_step(ev)
+        elif isinstance(ev, Command):
+            await self.simple(ev)
+
+    async def simple(self, ev: Command) -> None:
+        verb = ev.verb
+        if verb == "DATA":
+            self.send(Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
+        elif verb == "RSET":
+            self._clear()
+            self.send(_OK)
+        elif verb == "NOOP":
+            self.send(_OK)
+        elif verb == "QUIT":
+            self.send(Reply(221, "2.0.0", "Bye"))
+        elif verb == "VRFY":
+            self.send(Reply(252, "2.5.0", "Cannot VRFY user, but will accept message"))
+        elif verb == "EXPN":
+            self.send(Reply(502, "5.5.1", "EXPN not available"))
+        elif verb == "HELP":
+            self.send(Reply(214, "2.0.0", "See RFC 5321; postwright"))
+        elif verb == "STARTTLS":
+            await self.starttls()
+
+    def mail(self, ev: Mail) -> None:
+        path = ev.path
+        assert isinstance(path, Path) and isinstance(ev.params, MailParams)
+        self._clear()
+        self.sender = "" if path.mailbox is None else str(path.mailbox)
+        self.mail_params = ev.params
+        self.send(Reply(250, "2.1.0", "Sender ok"))
+
+    def rcpt(self, ev: Rcpt) -> None:
+        path = ev.path
+        assert isinstance(path, Path) and isinstance(ev.params, RcptParams)
+        mailbox = path.mailbox
+        assert mailbox is not None
+        if mailbox.domain is None:  # bare <postmaster>, RFC 5321 section 4.5.1
+            mailbox = Mailbox(mailbox.local_part, Domain(self._first_domain(), False))
+        may_relay = self.role.relay_when_authenticated and self.conn.authenticated
+        refusal = relay_check(mailbox, router=self.services.router, may_relay=may_relay)
+        if refusal is not None:
+            self._reject_rcpt(mailbox, refusal, "relay denied")
+            return
+        res = self.services.router.resolve(mailbox)
+        if res.kind == "unknown":
+            self._reject_rcpt(mailbox, Reply(550, "5.1.1", "Mailbox unavailable"),
+                              "unknown recipient")
+            return
+        given = str(mailbox)
+        orcpt = ev.params.orcpt or (None if res.targets == (given,) else f"rfc822;{given}")
+        for target in res.targets:
+            if target.lower() in self._seen:
+                continue
+            self._seen.add(target.lower())
+            self.recipients.append(Recipient(target, orcpt, ev.params.notify))
+        self.send(Reply(250, "2.1.5", "Recipient ok"))
+
+    def _reject_rcpt(self, mailbox: Mailbox, reply: Reply, reason: str) -> None:
+        log.info("recipient refused", extra={"event": "reject", "client": self.client,
+                                             "recipient": str(mailbox), "reason": reason,
+                                             "reply": str(reply)})
+        self.send(reply)
+
+    def _first_domain(self) -> str:
+        domains = self.services.router.local_domains
+        return domains[0] if domains else self.services.hostname
+
+    async def end_of_message(self, ev: EndOfMessage) -> None:
+        body, self.body = self.body, None
+        if ev.error is not None:
+            if body is not None:
+                self.services.queue.discard(body)
+            log.info("message refused", extra={"event": "reject", "client": self.client,
+                                               "reason": ev.error.text, "size": ev.size})
+            self.send(ev.error)
+            self._clear()
+            return
+        if body is None:
+            body = self.services.queue.new_body()
+        envelope = self._envelope()
+        try:
+            qid = await self.services.queue.commit(body, envelope, now=envelope.received_at)
+        except Exception:
+            log.exception("queue commit failed", extra={"event": "error",
+                                                        "client": self.client})
+            self.services.queue.discard(body)
+            self.send(Reply(451, "4.3.0", "Temporary failure, try again later"))
+            self._clear()
+            return
+        log.info("queued", extra={"event": "queued", "id": qid, "client": self.client,
+                                  "sender": envelope.sender, "size": ev.size,
+                                  "recipients": [r.address for r in envelope.recipients]})
+        self.send(Reply(250, "2.0.0", f"Ok: queued as {qid}"))
+        self._clear()
+        self.services.on_queued(qid)
+
+    def _envelope(self) -> Envelope:
+        params = self.mail_params or MailParams()
+        tls = self.stream.tls
+        extra = {
+            "protocol": with_protocol(esmtp=self.conn.esmtp, tls=self.conn.tls_active,
+                                      auth=self.conn.authenticated, utf8=params.smtputf8),
+        }
+        if tls:
+            extra["tls"] = f"{tls[0]} {tls[1]}"
+        return Envelope(
+            sender=self.sender or "",
+            recipients=tuple(self.recipients),
+            body=params.body or "7BIT",
+            smtputf8=params.smtputf8,
+            ret=params.ret,
+            envid=params.envid,
+            helo=self.conn.helo,
+            client_address=self.client,
+            received_at=time.time(),
+            auth=self.account,
+            listener=self.role.name,
+            extra=extra,
+        )
+
+    # ---- TLS and AUTH ------------------------------------------------------------------
+    async def starttls(self) -> None:
+        context = self.services.tls_context
+        assert context is not None  # the core offers STARTTLS only when configured
+        self.send(Reply(220, "2.0.0", "Ready to start TLS"))
+        self.flush()
+        try:
+            await self.stream.start_tls(context, self.services.handshake_timeout)
+        except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as exc:
+            log.info("tls handshake failed", extra={"event": "tls_error",
+                                                    "client": self.client, "reason": str(exc)})
+            self.conn.must_close = True
+            return
+        if self.conn.discarded_after_starttls:
+            log.warning("plaintext injected after STARTTLS discarded",
+                        extra={"event": "reject", "client": self.client,
+                               "bytes": self.conn.discarded_after_starttls})
+        self.conn.tls_established()
+        self._clear()
+        self.account = None
+
+    def auth_start(self, ev: Auth) -> None:
+        factory = self.services.new_authenticator
+        if factory is None:
+            self.send(Reply(503, "5.5.1", "AUTH not available"))
+            return
+        self.auth = factory()
+        self._auth_reply(self.auth.start(ev.mechanism, ev.initial))
+
+    def auth_step(self, ev: AuthResponse) -> None:
+        assert self.auth is not None
+        self._auth_reply(self.auth.step(ev.data))
+
+    def _auth_reply(self, reply: Reply) -> None:
+        assert self.auth is not None
+        if reply.code == 235:
+            self.account = self.auth.identity
+            log.info("authenticated", extra={"event": "auth", "client": self.client,
+                                             "account": self.account})
+        elif reply.code != 334:
+            log.info("authentication failed", extra={"event": "auth_failed",
+                                                     "client": self.client,
+                                                     "reply": str(reply)})
+        if reply.code != 334:
+            self.auth = None
+        self.send(reply)
+
+    # ---- helpers -----------------------------------------------------------------------
+    def _clear(self) -> None:
+        self._drop_body()
+        self.sender = None
+        self.mail_params = None
+        self.recipients = []
+        self._seen = set()
+
+    def _drop_body(self) -> None:
+        if self.body is not None:
+            self.services.queue.discard(self.body)
+            self.body = None
+
+
+async def serve_connection(stream: Stream, role: Role, services: Services) -> None:
+    await InboundSession(stream, role, services).run()
