@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from ..envelope import Envelope
 from ..message.trace import received_header
