@@ -9,6 +9,7 @@ order, so that SIGTERM ends with nothing half-done.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,8 @@ from .delivery.routing import Router
 from .net.listener import Listener
 from .net.stream import Stream
 from .net.tls import ensure_self_signed, server_context
+from .policy.throttle import AuthThrottle, ConnectionRate
+from .protocol.sasl import SaslServer
 from .protocol.server import ServerSettings
 from .queue import QueueStore, RetrySchedule
 from .server.session import Role, Services, serve_connection
@@ -65,21 +68,36 @@ class App:
         else:
             cert, key = ensure_self_signed(cfg.data_dir / "tls", cfg.hostname)
         self.tls = server_context(cert, key)
+        self._cert_files = (cert, key)
+        sub = cfg.submission
+        accounts = self.accounts
+        mechanisms = sub.auth_mechanisms
         self.services = Services(
             hostname=cfg.hostname, router=self.router, queue=self.queue,
             command_timeout=lim.command_timeout, data_timeout=lim.data_timeout,
             tls_context=self.tls, on_queued=self.manager.wake,
+            new_authenticator=lambda: SaslServer(accounts, mechanisms=mechanisms),
+            auth_throttle=AuthThrottle(window=sub.auth_fail_window,
+                                       per_client=sub.auth_fail_per_client,
+                                       per_account=sub.auth_fail_per_account,
+                                       base_delay=sub.auth_fail_delay,
+                                       max_delay=sub.auth_fail_delay_max),
+            connection_rate=ConnectionRate(window=60.0, per_client=sub.connections_per_minute),
+            trusted_networks=tuple(ipaddress.ip_network(n) for n in sub.trusted_networks),
+            sender_policy=sub.sender_policy,
         )
         base = ServerSettings(
             hostname=cfg.hostname, max_message_size=lim.max_message_size,
             max_recipients=lim.max_recipients, max_line_length=lim.max_line_length,
             max_errors=lim.max_errors, tls_available=True,
         )
+        submit = replace(base, require_auth=True, auth_mechanisms=mechanisms,
+                         auth_without_tls=sub.auth_without_tls)
         roles = [
             (Role("smtp", base), cfg.listen.smtp, None),
-            (Role("submission", replace(base, require_tls=True, require_auth=True),
+            (Role("submission", replace(submit, require_tls=not sub.auth_without_tls),
                   relay_when_authenticated=True), cfg.listen.submission, None),
-            (Role("submissions", replace(base, tls_active=True, require_auth=True),
+            (Role("submissions", replace(submit, tls_active=True),
                   relay_when_authenticated=True), cfg.listen.submissions, self.tls),
         ]
         for role, addresses, ssl_context in roles:
@@ -109,11 +127,28 @@ class App:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def reload_certificates(self) -> None:
+        """SIGHUP: load the certificate files again (an ACME renewal, say).
+
+        The context object is shared by every listener and reloaded in place, so new
+        handshakes use the new certificate and open sessions are not touched.
+        """
+        cert, key = self._cert_files
+        try:
+            self.tls.load_cert_chain(str(cert), str(key))
+        except (OSError, ValueError) as exc:
+            log.error("certificate reload failed", extra={"event": "tls_reload",
+                                                          "ok": False, "reason": str(exc)})
+            return
+        log.info("certificates reloaded", extra={"event": "tls_reload", "ok": True,
+                                                 "cert": str(cert)})
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         await self.start()
+        loop.add_signal_handler(signal.SIGHUP, self.reload_certificates)
         log.info("ready", extra={"event": "ready", "hostname": self.config.hostname})
         await self._stop.wait()
         log.info("stopping", extra={"event": "stopping"})

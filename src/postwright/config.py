@@ -143,6 +143,30 @@ class QueueConfig:
     spill_threshold: int = _key(262144, "bodies over this many octets get their own file", 0)
 
 
+SENDER_POLICIES = ("own", "any")
+SASL_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionConfig:
+    """``[submission]``: AUTH, sender rules and throttles for the submission listeners."""
+
+    sender_policy: str = _key(
+        "own", "own: MAIL FROM must be an address the account owns (its own, plus forms, "
+               "aliases reaching it); any: no check")
+    trusted_networks: tuple[str, ...] = _key(
+        (), "CIDR ranges whose clients may relay without AUTH (devices that cannot log in)")
+    auth_mechanisms: tuple[str, ...] = _key(SASL_MECHANISMS, "SASL mechanisms offered")
+    auth_without_tls: bool = _key(False, "offer AUTH on connections without TLS (unsafe)")
+    auth_fail_window: float = _key(900.0, "seconds over which failed AUTH attempts count", "gt0")
+    auth_fail_per_client: int = _key(10, "failures from one address before 421 and close", 1)
+    auth_fail_per_account: int = _key(20, "failures for one account before it is blocked", 1)
+    auth_fail_delay: float = _key(1.0, "delay before answering the first failure (doubles)", 0)
+    auth_fail_delay_max: float = _key(30.0, "cap on that delay", 0)
+    connections_per_minute: int = _key(
+        600, "new connections one client address may open per minute (all listeners)", 1)
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     """``[log]``."""
@@ -168,6 +192,7 @@ class Config:
     dns: DnsConfig = DnsConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     queue: QueueConfig = QueueConfig()
+    submission: SubmissionConfig = SubmissionConfig()
     log: LogConfig = LogConfig()
     source: Path | None = None
 
@@ -453,6 +478,39 @@ def _read_delivery(table: _Table) -> DeliveryConfig:
     return DeliveryConfig(relayhost=relayhost, **numbers)
 
 
+def _read_submission(table: _Table) -> SubmissionConfig:
+    defaults = SubmissionConfig()
+    policy = table.string("sender_policy", defaults.sender_policy)
+    if policy not in SENDER_POLICIES:
+        raise ConfigError(table.key("sender_policy"),
+                          f"must be one of {', '.join(SENDER_POLICIES)}")
+    nets_key = table.key("trusted_networks")
+    networks = []
+    for i, text in enumerate(table.strings("trusted_networks", [])):
+        try:
+            networks.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{nets_key}[{i}]", f"not a CIDR network: {text!r}") from None
+    mech_key = table.key("auth_mechanisms")
+    mechanisms = []
+    for i, text in enumerate(table.strings("auth_mechanisms", list(defaults.auth_mechanisms))):
+        if text.upper() not in SASL_MECHANISMS:
+            raise ConfigError(f"{mech_key}[{i}]",
+                              f"must be one of {', '.join(SASL_MECHANISMS)}")
+        mechanisms.append(text.upper())
+    plain = table.take("auth_without_tls")
+    if plain is _MISSING:
+        plain = defaults.auth_without_tls
+    elif not isinstance(plain, bool):
+        raise ConfigError(table.key("auth_without_tls"),
+                          f"must be true or false, not {_kind(plain)}")
+    numbers = table.numbers(SubmissionConfig)
+    table.finish()
+    return SubmissionConfig(sender_policy=policy, trusted_networks=tuple(networks),
+                            auth_mechanisms=tuple(mechanisms), auth_without_tls=plain,
+                            **numbers)
+
+
 def _read_log(table: _Table) -> LogConfig:
     level = table.string("level", LogConfig().level)
     if level not in LOG_LEVELS:
@@ -481,11 +539,13 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path,
     dns = _read_dns(top.table("dns"))
     delivery = _read_delivery(top.table("delivery"))
     queue = _flat(top.table("queue"), QueueConfig)
+    submission = _read_submission(top.table("submission"))
     log = _read_log(top.table("log"))
     top.finish()
     return Config(hostname=hostname, data_dir=data_dir, listen=listen, tls=tls,
                   domains=domains, aliases=aliases, limits=limits, dns=dns,
-                  delivery=delivery, queue=queue, log=log, source=source)
+                  delivery=delivery, queue=queue, submission=submission, log=log,
+                  source=source)
 
 
 def loads_config(text: str, *, base_dir: Path, source: Path | None = None) -> Config:
@@ -541,7 +601,8 @@ def dump_defaults() -> str:
         ("listen", ListenConfig()), ("tls", None),
         ("domains", DomainsConfig(wildcard=(host,))),
         ("aliases", None), ("limits", LimitsConfig()), ("dns", DnsConfig()),
-        ("delivery", DeliveryConfig()), ("queue", QueueConfig()), ("log", LogConfig())]
+        ("delivery", DeliveryConfig()), ("queue", QueueConfig()),
+        ("submission", SubmissionConfig()), ("log", LogConfig())]
     for section, defaults in sections:
         note = f"  # {_TOP_NOTES[section]}" if section in _TOP_NOTES else ""
         out += ["", f"[{section}]{note}"]

@@ -8,11 +8,12 @@ is durable. It never delivers mail itself. Replies are written here and only her
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from ..delivery.routing import Router
@@ -20,6 +21,8 @@ from ..envelope import Envelope, Recipient
 from ..message.trace import with_protocol
 from ..net.stream import Stream
 from ..policy.relay import relay_check
+from ..policy.sender import owns
+from ..policy.throttle import AuthThrottle, ConnectionRate
 from ..protocol.address import Domain, Mailbox, Path
 from ..protocol.events import (
     NEED_DATA,
@@ -74,6 +77,19 @@ class Services:
     handshake_timeout: float = 30.0
     on_queued: Callable[[str], None] = field(default=lambda qid: None)
     new_authenticator: Callable[[], Authenticator] | None = None
+    auth_throttle: AuthThrottle = field(default_factory=AuthThrottle)
+    connection_rate: ConnectionRate | None = None
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    sender_policy: str = "own"
+
+    def is_trusted(self, client: str) -> bool:
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in net for net in self.trusted_networks)
 
 
 _OK = Reply(250, "2.0.0", "Ok")
@@ -84,8 +100,12 @@ class InboundSession:
         self.stream = stream
         self.role = role
         self.services = services
-        self.conn = ServerConnection(role.settings)
         self.client = stream.peer[0]
+        self.trusted = services.is_trusted(self.client)
+        settings = role.settings
+        if self.trusted and settings.require_auth:
+            settings = replace(settings, require_auth=False)
+        self.conn = ServerConnection(settings)
         self.sender: str | None = None
         self.mail_params: MailParams | None = None
         self.recipients: list[Recipient] = []
@@ -100,6 +120,13 @@ class InboundSession:
         log.info("connect", extra={"event": "connect", "role": self.role.name,
                                    "client": self.client})
         conn = self.conn
+        rate = self.services.connection_rate
+        if rate is not None and not self.trusted and not rate.allow(self.client, time.time()):
+            log.warning("connection rate exceeded", extra={"event": "reject",
+                                                          "client": self.client,
+                                                          "reason": "connection rate"})
+            self.stream.write(Reply(421, "4.7.0", "Too many connections, slow down").to_bytes())
+            return
         try:
             self.send(Reply(220, None, f"{self.services.hostname} ESMTP postwright"))
             while not conn.must_close:
@@ -165,9 +192,9 @@ class InboundSession:
         elif isinstance(ev, Rcpt):
             self.rcpt(ev)
         elif isinstance(ev, Auth):
-            self.auth_start(ev)
+            await self.auth_start(ev)
         elif isinstance(ev, AuthResponse):
-            self.auth_step(ev)
+            await self.auth_step(ev)
         elif isinstance(ev, Command):
             await self.simple(ev)
 
@@ -195,6 +222,14 @@ class InboundSession:
         path = ev.path
         assert isinstance(path, Path) and isinstance(ev.params, MailParams)
         self._clear()
+        if (self.role.relay_when_authenticated and self.account is not None
+                and self.services.sender_policy == "own"
+                and not owns(self.account, path.mailbox, self.services.router)):
+            log.info("sender refused", extra={"event": "reject", "client": self.client,
+                                              "account": self.account, "sender": str(path),
+                                              "reason": "sender not owned"})
+            self.send(Reply(553, "5.7.1", "Sender address not owned by authenticated user"))
+            return
         self.sender = "" if path.mailbox is None else str(path.mailbox)
         self.mail_params = ev.params
         self.send(Reply(250, "2.1.0", "Sender ok"))
@@ -206,7 +241,8 @@ class InboundSession:
         assert mailbox is not None
         if mailbox.domain is None:  # bare <postmaster>, RFC 5321 section 4.5.1
             mailbox = Mailbox(mailbox.local_part, Domain(self._first_domain(), False))
-        may_relay = self.role.relay_when_authenticated and self.conn.authenticated
+        may_relay = self.trusted or (self.role.relay_when_authenticated
+                                     and self.conn.authenticated)
         refusal = relay_check(mailbox, router=self.services.router, may_relay=may_relay)
         if refusal is not None:
             self._reject_rcpt(mailbox, refusal, "relay denied")
@@ -309,31 +345,59 @@ class InboundSession:
         self._clear()
         self.account = None
 
-    def auth_start(self, ev: Auth) -> None:
+    async def auth_start(self, ev: Auth) -> None:
         factory = self.services.new_authenticator
         if factory is None:
             self.send(Reply(503, "5.5.1", "AUTH not available"))
             return
+        if self.services.auth_throttle.blocked(self.client, None, time.time()):
+            self._auth_blocked()
+            return
         self.auth = factory()
-        self._auth_reply(self.auth.start(ev.mechanism, ev.initial))
+        # Password checks hash (argon2): keep them off the event loop.
+        reply = await asyncio.to_thread(self.auth.start, ev.mechanism, ev.initial)
+        await self._auth_reply(reply)
 
-    def auth_step(self, ev: AuthResponse) -> None:
+    async def auth_step(self, ev: AuthResponse) -> None:
         assert self.auth is not None
-        self._auth_reply(self.auth.step(ev.data))
+        reply = await asyncio.to_thread(self.auth.step, ev.data)
+        await self._auth_reply(reply)
 
-    def _auth_reply(self, reply: Reply) -> None:
-        assert self.auth is not None
+    async def _auth_reply(self, reply: Reply) -> None:
+        auth = self.auth
+        assert auth is not None
+        throttle = self.services.auth_throttle
+        now = time.time()
         if reply.code == 235:
-            self.account = self.auth.identity
+            self.account = auth.identity
+            throttle.success(self.client, self.account, now)
             log.info("authenticated", extra={"event": "auth", "client": self.client,
                                              "account": self.account})
-        elif reply.code != 334:
+        elif reply.code == 535:
+            tried = getattr(auth, "failed_identity", None)
+            throttle.failure(self.client, tried, now)
             log.info("authentication failed", extra={"event": "auth_failed",
-                                                     "client": self.client,
+                                                     "client": self.client, "account": tried,
                                                      "reply": str(reply)})
+            if throttle.blocked(self.client, tried, now):
+                self.auth = None
+                self._auth_blocked()
+                return
+            delay = throttle.delay(self.client, tried, now)
+            if delay > 0:
+                await asyncio.sleep(delay)
+        elif reply.code != 334:
+            log.info("authentication ended", extra={"event": "auth_failed",
+                                                    "client": self.client,
+                                                    "reply": str(reply)})
         if reply.code != 334:
             self.auth = None
         self.send(reply)
+
+    def _auth_blocked(self) -> None:
+        log.warning("authentication blocked", extra={"event": "reject", "client": self.client,
+                                                     "reason": "too many AUTH failures"})
+        self.send(Reply(421, "4.7.0", "Too many authentication failures, closing connection"))
 
     # ---- helpers -----------------------------------------------------------------------
     def _clear(self) -> None:
