@@ -80,8 +80,8 @@ def test_embedded_defaults(no_env: Path) -> None:
     assert list(config.listen.submissions) == [("127.0.0.1", 2465)]
     assert config.domains.local == ("localhost.test",)
     assert config.tls.cert is None and config.tls.key is None
-    assert config.limits.max_line_length == 512
-    assert config.limits.max_text_line_length == 1000
+    assert config.limits.max_line_length == 2048
+    assert config.limits.max_line_length == 2048
     assert config.delivery.smtp_port == 25
     assert config.delivery.relayhost_address is None
 
@@ -225,7 +225,6 @@ local = ["Example.test"]
     ('[limits]\nmax_recipients = "10"', "limits.max_recipients", "integer"),
     ("[limits]\nmax_recipients = 0", "limits.max_recipients", "at least 1"),
     ("[limits]\nmax_line_length = 511", "limits.max_line_length", "at least 512"),
-    ("[limits]\nmax_text_line_length = 999", "limits.max_text_line_length", "at least 1000"),
     ("[limits]\ncommand_timeout = 0", "limits.command_timeout", "greater than 0"),
     ("[limits]\ndata_timeout = nan", "limits.data_timeout", "nan"),
     ("[limits]\ngreeting_delay = -1", "limits.greeting_delay", "at least 0"),

@@ -84,7 +84,7 @@ class App:
                                        max_delay=sub.auth_fail_delay_max),
             connection_rate=ConnectionRate(window=60.0, per_client=sub.connections_per_minute),
             trusted_networks=tuple(ipaddress.ip_network(n) for n in sub.trusted_networks),
-            sender_policy=sub.sender_policy,
+            sender_policy=sub.sender_policy, greeting_delay=lim.greeting_delay,
         )
         base = ServerSettings(
             hostname=cfg.hostname, max_message_size=lim.max_message_size,

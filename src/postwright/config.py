@@ -97,8 +97,8 @@ class LimitsConfig:
 
     max_message_size: int = _key(36700160, "octets, advertised with SIZE (RFC 1870)", 1)
     max_recipients: int = _key(1000, "RCPT commands accepted per transaction", 1)
-    max_line_length: int = _key(512, "command line incl. CRLF (RFC 5321 4.5.3.1.4)", 512)
-    max_text_line_length: int = _key(1000, "text line incl. CRLF (RFC 5321 4.5.3.1.6)", 1000)
+    max_line_length: int = _key(
+        2048, "command line incl. CRLF; RFC 5321 4.5.3.1.4 says 512, extensions add more", 512)
     max_errors: int = _key(10, "bad commands before 421 and close", 1)
     max_connections: int = _key(1000, "open sessions per listener role", 1)
     max_connections_per_client: int = _key(50, "open sessions per client address and role", 1)

@@ -81,6 +81,7 @@ class Services:
     connection_rate: ConnectionRate | None = None
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     sender_policy: str = "own"
+    greeting_delay: float = 0.0
 
     def is_trusted(self, client: str) -> bool:
         try:
@@ -128,6 +129,9 @@ class InboundSession:
             self.stream.write(Reply(421, "4.7.0", "Too many connections, slow down").to_bytes())
             return
         try:
+            if self.services.greeting_delay > 0:
+                # Clients that talk before the greeting are told 554 by the core.
+                await asyncio.sleep(self.services.greeting_delay)
             self.send(Reply(220, None, f"{self.services.hostname} ESMTP postwright"))
             while not conn.must_close:
                 ev = conn.next_event()
