@@ -82,7 +82,8 @@ class App:
                                        per_account=sub.auth_fail_per_account,
                                        base_delay=sub.auth_fail_delay,
                                        max_delay=sub.auth_fail_delay_max),
-            connection_rate=ConnectionRate(window=60.0, per_client=sub.connections_per_minute),
+            connection_rate=ConnectionRate(window=60.0, per_client=sub.connections_per_minute)
+            if sub.connections_per_minute else None,
             trusted_networks=tuple(ipaddress.ip_network(n) for n in sub.trusted_networks),
             sender_policy=sub.sender_policy, greeting_delay=lim.greeting_delay,
         )

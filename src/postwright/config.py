@@ -164,7 +164,8 @@ class SubmissionConfig:
     auth_fail_delay: float = _key(1.0, "delay before answering the first failure (doubles)", 0)
     auth_fail_delay_max: float = _key(30.0, "cap on that delay", 0)
     connections_per_minute: int = _key(
-        600, "new connections one client address may open per minute (all listeners)", 1)
+        0, "new connections one client address may open per minute, all listeners; 0 = no limit",
+        0)
 
 
 @dataclass(frozen=True, slots=True)
