@@ -266,9 +266,3 @@ def ehlo() -> Callable[..., ServerConnection]:
         return conn
 
     return make
-
-
-@pytest.fixture(scope="session")
-def replies() -> Callable[[bytes], list[bytes]]:
-    return split_replies
-

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from postwright.protocol.events import BadCommand, EndOfMessage, Event, MessageData
+from postwright.protocol.events import AuthResponse, BadCommand, EndOfMessage, Event, MessageData
 from postwright.protocol.reply import Reply
 from postwright.protocol.server import ServerConnection, State
 
@@ -18,6 +18,7 @@ Server = Callable[..., ServerConnection]
 Converse = Callable[..., list[Event]]
 Feeder = Callable[..., tuple[list[Event], bytes]]
 
+AUTH_TLS = {"auth_mechanisms": ("PLAIN", "LOGIN"), "tls_active": True}
 OPEN = """
     C: MAIL FROM:<a@example.org>
     C: RCPT TO:<b@example.test>
@@ -118,6 +119,16 @@ def test_line_at_the_limit_accepted_one_more_refused(ehlo: Server, converse: Con
     conn = ehlo(max_line_length=512)
     fill = "x" * (512 - len("NOOP \r\n"))
     converse(conn, f"C: NOOP {fill}\nS: 250\nC: NOOP {fill}y\nS: 500 5.5.2\nC: NOOP\nS: 250")
+
+
+def test_long_auth_response_accepted_long_command_refused(ehlo: Server,
+                                                         converse: Converse) -> None:
+    # RFC 4954 section 4: a SASL line may be 12,288 octets; RFC 5321 4.5.3.1.4 for commands.
+    conn = ehlo(**AUTH_TLS)
+    blob = "QUFB" * 3072
+    events = converse(conn, f"C: AUTH PLAIN\nS: 334\nC: {blob}\nS: 535")
+    assert isinstance(events[-1], AuthResponse) and events[-1].data == blob
+    converse(conn, f"C: NOOP {'x' * 3000}\nS: 500 5.5.2\nC: NOOP\nS: 250")
 
 
 def test_default_limit_refuses_a_3kb_line(ehlo: Server, converse: Converse) -> None:

@@ -1,10 +1,13 @@
-"""SMTP smuggling: only CRLF "." CRLF ends DATA, and a body with a fake end is refused.
+"""Smuggling and injection: input that tries to be read as something it is not.
 
-RFC 5321 section 4.1.1.4 (the end of mail data is CRLF.CRLF), section 2.3.8 (CR and LF only
-as CRLF) and section 4.5.2 (transparency). The attack (SEC Consult, December 2023) hides a
-second transaction behind an end-of-data sequence that another server reads differently;
-here that sequence must neither end the message nor let the smuggled commands through, and
-the message that carried it is refused as a whole (550 5.6.0).
+DATA: only CRLF "." CRLF ends the body (RFC 5321 sections 4.1.1.4, 2.3.8, 4.5.2). The attack
+(SEC Consult, December 2023) hides a second transaction behind an end-of-data sequence that
+another server reads differently; here that sequence must neither end the message nor let the
+smuggled commands through, and the message that carried it is refused whole (550 5.6.0).
+Commands: bare CR, LF and NUL are not line ends (RFC 5321 section 2.3.8); input sent before
+the greeting or after a command that must end a pipelined group (RFC 2920 section 3.1) is a
+synchronization error; plaintext after STARTTLS is dropped (RFC 3207 section 4.2,
+CVE-2011-0411).
 """
 
 from __future__ import annotations
@@ -13,7 +16,15 @@ from collections.abc import Callable
 
 import pytest
 
-from postwright.protocol.events import Command, EndOfMessage, Event, MessageData
+from postwright.protocol.events import (
+    PAUSED,
+    BadCommand,
+    Command,
+    EndOfMessage,
+    Event,
+    MessageData,
+)
+from postwright.protocol.reply import Reply
 from postwright.protocol.server import ServerConnection, State
 
 Server = Callable[..., ServerConnection]
@@ -131,3 +142,63 @@ def test_eof_inside_data_closes_without_a_message(ehlo: Server, feeder: Feeder,
     events = converse(conn, "C~ half a message\\r\\n.\n-- eof")
     assert not any(isinstance(ev, EndOfMessage) for ev in events)
     assert type(events[-1]).__name__ == "ConnectionClosed"
+
+
+# ---- commands --------------------------------------------------------------------------------
+TRANSACTION = """
+    C: MAIL FROM:<alice@example.org>
+    S: 250 2.1.0
+    C: RCPT TO:<bob@example.test>
+    S: 250 2.1.5
+"""
+
+
+@pytest.mark.parametrize("line", [
+    "NOOP\\n", "NO\\nOP", "NOOP\\rx", "NO\\rOP", "NOOP\\0", "MAIL FROM:<a\\x00@example.org>",
+    "NOOP \\xff\\xfe",  # not UTF-8
+])
+def test_bare_lf_cr_nul_and_bad_utf8_in_command_get_500(ehlo: Server, converse: Converse,
+                                                        line: str) -> None:
+    # RFC 5321 section 2.3.8: a line ends with CRLF only; CR, LF and NUL are not command text.
+    conn = ehlo()
+    replies = "S: 500 5.5.2\nS: 500" if "\\n" in line else "S: 500 5.5.2"
+    converse(conn, f"C~ {line}\\r\\n\n{replies}\nC: NOOP\nS: 250")
+    assert conn.state is State.READY
+
+
+def test_bytes_between_starttls_and_220_are_dropped(ehlo: Server) -> None:
+    conn = ehlo(tls_available=True)
+    conn.receive_data(b"STARTTLS\r\n")
+    ev = conn.next_event()
+    assert isinstance(ev, Command) and ev.verb == "STARTTLS"
+    conn.receive_data(b"MAIL FROM:<evil@example.org>\r\n")  # arrives before our 220
+    conn.send(Reply(220, "2.0.0", "Ready"))
+    assert conn.discarded_after_starttls == 30 and conn.buffered == 0
+    conn.tls_established()
+    assert conn.next_event() is not PAUSED and conn.buffered == 0
+
+
+def test_client_talking_before_greeting_is_fatal(server: Server, converse: Converse) -> None:
+    conn = server(greet=False)
+    conn.receive_data(b"EHLO early.example\r\n")
+    events = converse(conn, """
+        -- greet
+        S: 220
+        S: 554 5.5.0
+    """)
+    assert len(events) == 1 and isinstance(events[0], BadCommand) and events[0].fatal
+    assert conn.must_close and conn.state is State.CLOSED
+
+
+@pytest.mark.parametrize("line", ["EHLO client.example", "HELO client.example", "DATA", "QUIT",
+                                  "NOOP", "VRFY bob", "EXPN staff", "STARTTLS",
+                                  "AUTH PLAIN"])
+def test_data_after_a_must_be_last_command_is_fatal(ehlo: Server, converse: Converse,
+                                                    line: str) -> None:
+    # RFC 2920 section 3.1; RFC 3207 section 4.2 and RFC 4954 section 4 for STARTTLS, AUTH.
+    conn = ehlo(tls_available=True, auth_mechanisms=("PLAIN",), auth_without_tls=True)
+    prelude = TRANSACTION if line == "DATA" else ""
+    events = converse(conn, prelude + f"C: {line}\nC: NOOP\nS: 554 5.5.0")
+    assert isinstance(events[-1], BadCommand) and events[-1].fatal
+    assert conn.must_close and conn.state is State.CLOSED
+    assert conn.discarded_after_starttls == 0

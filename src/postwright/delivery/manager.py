@@ -11,55 +11,60 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 from ..envelope import Envelope
+from ..errors import QueueError
 from ..message.trace import received_header
 from ..protocol.address import AddressError, parse_mailbox
 from ..queue import QueuedMessage, QueueStore, RecipientResult, RetrySchedule
-from .maildir import MaildirDelivery
+from .maildir import DeliveryItem, MaildirDelivery, MaildirNameError
 from .routing import Router
 
 log = logging.getLogger("postwright.delivery")
 
 _CHUNK = 256 * 1024
+_INLINE_MAX = 1 << 20  # bodies up to this size are read once and shared by recipients
 
 
 class DeliveryManager:
     def __init__(self, *, queue: QueueStore, router: Router, maildir: MaildirDelivery,
                  hostname: str, schedule: RetrySchedule, concurrency: int = 20,
-                 clock: Callable[[], float] = time.time) -> None:
+                 batch_size: int = 512, clock: Callable[[], float] = time.time) -> None:
         self.queue = queue
         self.router = router
         self.maildir = maildir
         self.hostname = hostname
         self.schedule = schedule
         self.clock = clock
-        self._slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency  # for remote delivery (outbound)
+        self.batch_size = batch_size
         self._wake = asyncio.Event()
-        self._busy: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
     def wake(self, qid: str | None = None) -> None:
         self._wake.set()
 
     async def run(self) -> None:
+        """Deliver due messages in batches until stopped.
+
+        Batches are sequential: while one is on disk the next gathers, so under load many
+        messages share each sync, and an idle server delivers a lone message at once.
+        """
         while not self._stopping:
             self._wake.clear()
             now = self.clock()
-            for qid in self.queue.due(now):
-                if qid in self._busy:
-                    continue
-                self._busy.add(qid)
-                task = asyncio.get_running_loop().create_task(self._deliver(qid))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            due = self.queue.due(now)
+            if due:
+                try:
+                    await self.deliver_batch(due[: self.batch_size])
+                except Exception:
+                    log.exception("delivery batch crashed", extra={"event": "error"})
+                    await asyncio.sleep(1.0)
+                continue
             next_due = self.queue.next_due_time()
-            delay = 60.0 if next_due is None else max(0.0, min(60.0, next_due - now))
-            if delay == 0.0 and self._busy:
-                delay = 1.0  # everything due is in flight; wait for it or for news
+            delay = 60.0 if next_due is None else max(0.01, min(60.0, next_due - now))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
             except TimeoutError:
@@ -68,43 +73,43 @@ class DeliveryManager:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=30)
-
-    async def _deliver(self, qid: str) -> None:
-        try:
-            async with self._slots:
-                await self.deliver(qid)
-        except Exception:
-            log.exception("delivery crashed", extra={"event": "error", "id": qid})
-        finally:
-            self._busy.discard(qid)
-            self._wake.set()
 
     async def deliver(self, qid: str) -> None:
+        await self.deliver_batch([qid])
+
+    async def deliver_batch(self, qids: list[str]) -> None:
+        now = self.clock()
+        work: list[tuple[QueuedMessage, list[int]]] = []
+        for qid in qids:
+            try:
+                msg = self.queue.get(qid)
+            except QueueError:
+                continue  # deleted meanwhile
+            due = [i for i, r in enumerate(msg.recipients)
+                   if r.status in ("pending", "deferred") and r.next_attempt <= now]
+            if due and not msg.held:
+                work.append((msg, due))
+        if not work:
+            return
+        outcome = await asyncio.to_thread(self._deliver_local, work)
+        now = self.clock()
+        await asyncio.gather(*(self._record(msg, results, now)
+                               for (msg, _due), results in zip(work, outcome, strict=True)))
+
+    async def _record(self, msg: QueuedMessage, results: dict[int, RecipientResult],
+                      now: float) -> None:
+        if self.schedule.expired(msg.arrived, now):
+            for i, result in list(results.items()):
+                if result.status == "deferred":
+                    results[i] = RecipientResult("failed", "4.4.7 delivery time expired: "
+                                                 + result.reply)
         try:
-            msg = self.queue.get(qid)
-        except Exception:
-            return  # deleted meanwhile
-        if msg.held:
-            return
-        now = self.clock()
-        due = [i for i, r in enumerate(msg.recipients)
-               if r.status in ("pending", "deferred") and r.next_attempt <= now]
-        if not due:
-            return
-        results = await asyncio.to_thread(self._deliver_local_batch, msg, due)
-        now = self.clock()
-        expired = self.schedule.expired(msg.arrived, now)
-        for i, result in list(results.items()):
-            if result.status == "deferred" and expired:
-                results[i] = RecipientResult("failed", "4.4.7 delivery time expired: "
-                                             + result.reply)
-        await self.queue.record(qid, results, now=now)
+            await self.queue.record(msg.id, results, now=now)
+        except QueueError:
+            return  # deleted while we delivered it
         for i, result in results.items():
-            rcpt = msg.recipients[i].recipient.address
-            fields = {"event": result.status, "id": qid, "recipient": rcpt,
-                      "reply": result.reply}
+            fields = {"event": result.status, "id": msg.id,
+                      "recipient": msg.recipients[i].recipient.address, "reply": result.reply}
             if result.status == "delivered":
                 log.info("delivered", extra=fields)
             elif result.status == "failed":
@@ -112,30 +117,54 @@ class DeliveryManager:
             else:
                 log.info("deferred", extra=fields)
 
-    def _deliver_local_batch(self, msg: QueuedMessage, due: list[int]
-                             ) -> dict[int, RecipientResult]:
-        results: dict[int, RecipientResult] = {}
-        for i in due:
-            address = msg.recipients[i].recipient.address
-            results[i] = self._deliver_one(msg, address)
-        return results
+    # ---- worker thread -----------------------------------------------------------------
+    def _deliver_local(self, work: list[tuple[QueuedMessage, list[int]]]
+                       ) -> list[dict[int, RecipientResult]]:
+        """Runs in a worker thread: every local recipient of the batch into Maildir."""
+        outcome: list[dict[int, RecipientResult]] = []
+        items: list[DeliveryItem] = []
+        slots: list[tuple[int, int]] = []  # (position in outcome, recipient index) per item
+        for pos, (msg, due) in enumerate(work):
+            results: dict[int, RecipientResult] = {}
+            outcome.append(results)
+            body: bytes | None = None
+            for i in due:
+                address = msg.recipients[i].recipient.address
+                if not self._is_local(address):
+                    results[i] = RecipientResult(
+                        "deferred", "4.4.1 remote delivery is not available yet")
+                    continue
+                header = self._received(msg.id, msg.envelope, address)
+                try:
+                    if msg.size > _INLINE_MAX:
+                        chunks: Iterable[bytes] = _streamed(header, self.queue, msg.id)
+                    else:
+                        if body is None:
+                            with self.queue.open_body(msg.id) as f:
+                                body = f.read()
+                        chunks = (header, body)
+                except OSError as exc:
+                    results[i] = RecipientResult("deferred", f"4.3.0 queue read failed: {exc}")
+                    continue
+                items.append(DeliveryItem(address, chunks, msg.envelope.sender, address))
+                slots.append((pos, i))
+        for (pos, i), result in zip(slots, self.maildir.deliver_batch(items), strict=True):
+            if isinstance(result, Path):
+                outcome[pos][i] = RecipientResult(
+                    "delivered", f"2.0.0 delivered to maildir as {result.name}")
+            elif isinstance(result, MaildirNameError):
+                outcome[pos][i] = RecipientResult("failed", f"5.1.3 {result}")
+            else:
+                outcome[pos][i] = RecipientResult(
+                    "deferred", f"4.2.0 mailbox write failed: {result}")
+        return outcome
 
-    def _deliver_one(self, msg: QueuedMessage, address: str) -> RecipientResult:
+    def _is_local(self, address: str) -> bool:
         try:
             mailbox = parse_mailbox(address, smtputf8=True)
         except AddressError:
-            return RecipientResult("failed", "5.1.3 bad recipient address")
-        if mailbox.domain is None or not self.router.is_local_domain(mailbox.domain.name):
-            return RecipientResult("deferred", "4.4.1 remote delivery is not available yet")
-        env = msg.envelope
-        header = self._received(msg.id, env, address)
-        try:
-            with self.queue.open_body(msg.id) as body:
-                path = self.maildir.deliver(address, _chunks(header, body),
-                                            return_path=env.sender, delivered_to=address)
-        except OSError as exc:
-            return RecipientResult("deferred", f"4.2.0 mailbox write failed: {exc.strerror}")
-        return RecipientResult("delivered", f"2.0.0 delivered to maildir as {path.name}")
+            return False
+        return mailbox.domain is not None and self.router.is_local(mailbox.domain)
 
     def _received(self, qid: str, env: Envelope, address: str) -> bytes:
         return received_header(
@@ -146,10 +175,12 @@ class DeliveryManager:
         )
 
 
-def _chunks(header: bytes, body: BinaryIO) -> Iterator[bytes]:
+def _streamed(header: bytes, queue: QueueStore, qid: str) -> Iterator[bytes]:
+    """A large body, read from the queue in chunks while it is written out."""
     yield header
-    while True:
-        chunk = body.read(_CHUNK)
-        if not chunk:
-            return
-        yield chunk
+    with queue.open_body(qid) as body:
+        while True:
+            chunk = body.read(_CHUNK)
+            if not chunk:
+                return
+            yield chunk
