@@ -113,7 +113,7 @@ class App:
             log.info("listening", extra={"event": "listen", "role": role.name,
                                          "addresses": [f"{h}:{p}" for h, p in listener.bound]})
         self.control = ControlServer(cfg.data_dir / "control.sock", self.queue,
-                                     self.manager.wake)
+                                     self.manager.wake, self.router, cfg.hostname)
         await self.control.start()
         self._manager_task = asyncio.get_running_loop().create_task(self.manager.run())
 

@@ -256,8 +256,91 @@ def _print_queue(messages: list[dict[str, Any]]) -> None:
     print(f"{len(messages)} message(s)")
 
 
+# -- send --------------------------------------------------------------------------------
+
+def register_send(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("send", parents=[common],
+                            help="send a message whose body is read from stdin")
+    parser.add_argument("--from", dest="sender", required=True, metavar="ADDRESS")
+    parser.add_argument("--to", dest="recipients", required=True, action="append",
+                        metavar="ADDRESS", help="repeat for several recipients")
+    parser.add_argument("--subject")
+    parser.add_argument("--server", metavar="HOST:PORT",
+                        help="send over SMTP to this server instead of the local queue")
+    parser.set_defaults(func=cmd_send)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import asyncio
+    import base64
+
+    from .submit import SubmitError, check_address, compose
+
+    config = _config(args)
+    try:
+        sender = check_address(args.sender, "--from")
+        recipients = [check_address(r, "--to") for r in args.recipients]
+        message = compose(sender=sender, recipients=recipients, subject=args.subject,
+                          body=sys.stdin.buffer.read(), hostname=config.hostname)
+    except SubmitError as exc:
+        raise CliError(str(exc)) from None
+    if args.server:
+        return _send_smtp(args.server, sender, recipients, message)
+    from .control import request
+
+    try:
+        result = request(config.data_dir / "control.sock", "submit", sender=sender,
+                         recipients=recipients, message=base64.b64encode(message).decode())
+        print(f"queued as {result['id']}")
+        return EXIT_OK
+    except (FileNotFoundError, ConnectionRefusedError):
+        pass
+    from .accounts import AccountStore
+    from .delivery.routing import Router
+    from .queue import QueueStore
+    from .submit import enqueue
+
+    accounts = AccountStore(config.accounts_path)
+    router = Router(local_domains=config.domains.local, aliases=config.aliases,
+                    account_exists=accounts.exists, catchall=config.domains.catchall,
+                    wildcard=config.domains.wildcard)
+    store = QueueStore(config.queue_dir)
+    store.open()
+
+    async def run() -> str:
+        try:
+            return await enqueue(store, router, sender=sender, recipients=recipients,
+                                 message=message, hostname=config.hostname)
+        finally:
+            await store.aclose()
+
+    try:
+        qid = asyncio.run(run())
+    except SubmitError as exc:
+        raise CliError(str(exc)) from None
+    print(f"queued as {qid}")
+    return EXIT_OK
+
+
+def _send_smtp(server: str, sender: str, recipients: list[str], message: bytes) -> int:
+    import smtplib
+
+    host, _, port = server.rpartition(":")
+    if not host or not port.isdigit():
+        raise CliError(f"--server: expected HOST:PORT, got {server!r}")
+    try:
+        with smtplib.SMTP(host.strip("[]"), int(port), timeout=60) as smtp:
+            refused = smtp.sendmail(sender, recipients, message)
+    except (smtplib.SMTPException, OSError) as exc:
+        raise CliError(f"sending failed: {exc}", EXIT_FAILURE) from None
+    for rcpt, (code, text) in refused.items():
+        print(f"refused {rcpt}: {code} {text.decode(errors='replace')}", file=sys.stderr)
+    print("sent" if not refused else "sent to some recipients")
+    return EXIT_OK if not refused else EXIT_FAILURE
+
+
 COMMANDS: list[Registrar] = [register_check_config, register_user, register_serve,
-                             register_queue]
+                             register_queue, register_send]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ server runs, the CLI opens the queue itself instead (see ``cli.py``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -17,8 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import QueueError
+from .delivery.routing import Router
+from .errors import PostwrightError, QueueError
 from .queue import QueueStore
+from .submit import enqueue
 
 log = logging.getLogger("postwright.control")
 
@@ -55,11 +58,27 @@ def _headers(head: bytes) -> str:
     return head[: end if end >= 0 else len(head)].decode("utf-8", "replace")
 
 
+async def submit_op(queue: QueueStore, router: Router, hostname: str,
+                    req: dict[str, Any]) -> dict[str, str]:
+    """Queue a locally submitted message (``postwright send`` without ``--server``)."""
+    message = base64.b64decode(str(req["message"]), validate=True)
+    recipients = req["recipients"]
+    if not isinstance(recipients, list):
+        raise ValueError("recipients must be a list")
+    qid = await enqueue(queue, router, sender=str(req["sender"]),
+                        recipients=[str(r) for r in recipients], message=message,
+                        hostname=hostname)
+    return {"id": qid}
+
+
 class ControlServer:
-    def __init__(self, path: Path, queue: QueueStore, on_change: Callable[[], None]) -> None:
+    def __init__(self, path: Path, queue: QueueStore, on_change: Callable[[], None],
+                 router: Router, hostname: str) -> None:
         self.path = path
         self.queue = queue
         self.on_change = on_change
+        self.router = router
+        self.hostname = hostname
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -82,16 +101,23 @@ class ControlServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 10)
+            line = await asyncio.wait_for(reader.readline(), 30)
+            op = "?"
+            req: Any = None
             try:
                 req = json.loads(line)
-                result = await queue_op(self.queue, str(req["op"]), req.get("id"))
+                op = str(req["op"])
+                if op == "submit":
+                    result = await submit_op(self.queue, self.router, self.hostname, req)
+                else:
+                    result = await queue_op(self.queue, op, req.get("id"))
                 answer: dict[str, Any] = {"ok": True, "result": result}
-                if req["op"] in ("release", "flush"):
+                if op in ("release", "flush", "submit"):
                     self.on_change()
-            except (QueueError, KeyError, ValueError, TypeError) as exc:
+            except (PostwrightError, KeyError, ValueError, TypeError) as exc:
                 answer = {"ok": False, "error": str(exc)}
-            log.info("control", extra={"event": "control", "request": line.decode().strip(),
+            log.info("control", extra={"event": "control", "op": op, "id": req.get("id")
+                                       if isinstance(req, dict) else None,
                                        "ok": answer["ok"]})
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
@@ -99,14 +125,15 @@ class ControlServer:
             writer.close()
 
 
-def request(path: Path, op: str, qid: str | None = None, timeout: float = 30.0) -> Any:
+def request(path: Path, op: str, qid: str | None = None, timeout: float = 30.0,
+            **fields: Any) -> Any:
     """Client side (blocking): send one request; raise ConnectionError if no server listens."""
     import socket
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        sock.sendall(json.dumps({"op": op, "id": qid}).encode() + b"\n")
+        sock.sendall(json.dumps({"op": op, "id": qid, **fields}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
