@@ -19,6 +19,7 @@ from ..errors import QueueError
 from ..message.trace import received_header
 from ..protocol.address import AddressError, parse_mailbox
 from ..queue import QueuedMessage, QueueStore, RecipientResult, RetrySchedule
+from .bounce import bounce
 from .maildir import DeliveryItem, MaildirDelivery, MaildirNameError
 from .routing import Router
 
@@ -103,6 +104,15 @@ class DeliveryManager:
                 if result.status == "deferred":
                     results[i] = RecipientResult("failed", "4.4.7 delivery time expired: "
                                                  + result.reply)
+        failed = {i: r for i, r in results.items() if r.status == "failed"}
+        if failed:
+            try:
+                await bounce(self.queue, msg, failed, hostname=self.hostname, now=now)
+            except Exception:
+                # No bounce, no verdict: keep the recipients deferred and try again later.
+                log.exception("bounce failed", extra={"event": "error", "id": msg.id})
+                for i, result in failed.items():
+                    results[i] = RecipientResult("deferred", result.reply)
         try:
             await self.queue.record(msg.id, results, now=now)
         except QueueError:

@@ -1,0 +1,118 @@
+"""The delivery manager with a real queue and real Maildirs: batches, expiry, bounces."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+from pathlib import Path
+
+from postwright.delivery.maildir import MaildirDelivery
+from postwright.delivery.manager import DeliveryManager
+from postwright.delivery.routing import Router
+from postwright.envelope import Envelope, Recipient
+from postwright.queue import QueueStore, RetrySchedule
+
+
+def setup(tmp: Path, lifetime: float = 3600) -> tuple[QueueStore, DeliveryManager]:
+    schedule = RetrySchedule(first=60, cap=60, lifetime=lifetime)
+    queue = QueueStore(tmp / "queue", schedule=schedule)
+    queue.open()
+    router = Router(local_domains=["example.test"], aliases={},
+                    account_exists=lambda a: a in {"alice@example.test", "bob@example.test"})
+    manager = DeliveryManager(queue=queue, router=router,
+                              maildir=MaildirDelivery(tmp / "mail", hostname="mx.example.test"),
+                              hostname="mx.example.test",
+                              schedule=schedule)
+    return queue, manager
+
+
+async def put(queue: QueueStore, sender: str, *rcpts: str, body: bytes = b"Subject: t\r\n\r\nx\r\n"
+              ) -> str:
+    w = queue.new_body()
+    w.write(body)
+    env = Envelope(sender=sender, recipients=tuple(Recipient(r) for r in rcpts),
+                   helo="client.test", client_address="127.0.0.1", received_at=1000.0,
+                   extra={"protocol": "ESMTP"})
+    return await queue.commit(w, env, now=1000.0)
+
+
+def inbox(tmp: Path, local: str) -> list[Path]:
+    d = tmp / "mail" / "example.test" / local / "new"
+    return sorted(d.iterdir()) if d.exists() else []
+
+
+def test_a_batch_delivers_every_local_recipient_once(tmp_path: Path) -> None:
+    async def run() -> None:
+        queue, manager = setup(tmp_path)
+        ids = [await put(queue, "s@remote.test", "alice@example.test", "bob@example.test")
+               for _ in range(30)]
+        await manager.deliver_batch(ids)
+        assert queue.ids() == []  # every recipient final: removed from the queue
+        await queue.aclose()
+
+    asyncio.run(run())
+    assert len(inbox(tmp_path, "alice")) == 30 and len(inbox(tmp_path, "bob")) == 30
+    first = inbox(tmp_path, "alice")[0].read_bytes()
+    assert first.startswith(b"Return-Path: <s@remote.test>\nDelivered-To: alice@example.test\n"
+                            b"Received: from client.test")
+    assert b"\r" not in first
+
+
+def test_expired_recipient_bounces_to_the_sender(tmp_path: Path) -> None:
+    async def run() -> str:
+        queue, manager = setup(tmp_path, lifetime=1)
+        manager.clock = lambda: 5000.0  # long past arrival + lifetime
+        qid = await put(queue, "alice@example.test", "someone@remote.test")
+        await manager.deliver_batch([qid])
+        assert qid not in queue.ids()  # failed: the original is gone
+        bounces = queue.ids()
+        assert len(bounces) == 1
+        bounce = queue.get(bounces[0])
+        assert bounce.envelope.sender == ""
+        assert [r.recipient.address for r in bounce.recipients] == ["alice@example.test"]
+        await manager.deliver_batch(bounces)
+        assert queue.ids() == []
+        await queue.aclose()
+        return qid
+
+    qid = asyncio.run(run())
+    [path] = inbox(tmp_path, "alice")
+    raw = path.read_bytes()
+    assert raw.startswith(b"Return-Path: <>\n")
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg.get_content_type() == "multipart/report"
+    status = [p for p in msg.walk() if p.get_content_type() == "message/delivery-status"]
+    assert status, "no delivery-status part"
+    text = raw.decode()
+    assert "Final-Recipient: rfc822; someone@remote.test" in text
+    assert "Action: failed" in text and "Status: 4.4.7" in text
+    assert qid in text
+
+
+def test_a_bounce_is_never_bounced(tmp_path: Path) -> None:
+    async def run() -> None:
+        queue, manager = setup(tmp_path, lifetime=1)
+        manager.clock = lambda: 5000.0
+        qid = await put(queue, "", "someone@remote.test")
+        await manager.deliver_batch([qid])
+        assert queue.ids() == []  # failed and dropped, no notice about a notice
+        await queue.aclose()
+
+    asyncio.run(run())
+
+
+def test_remote_recipient_is_deferred_until_outbound_exists(tmp_path: Path) -> None:
+    async def run() -> None:
+        queue, manager = setup(tmp_path)
+        manager.clock = lambda: 1001.0
+        qid = await put(queue, "alice@example.test", "someone@remote.test",
+                        "bob@example.test")
+        await manager.deliver_batch([qid])
+        msg = queue.get(qid)
+        states = {r.recipient.address: r.status for r in msg.recipients}
+        assert states == {"someone@remote.test": "deferred", "bob@example.test": "delivered"}
+        assert msg.recipients[0].next_attempt == 1001.0 + 60
+        await queue.aclose()
+
+    asyncio.run(run())
