@@ -96,13 +96,17 @@ def _values(values: RecordValue | Iterable[RecordValue]) -> list[RecordValue]:
     return list(values)
 
 
-def _parse_zone_text(text: str, ttl: int) -> _Data:
-    zone = dns.zone.from_text(f"$TTL {ttl}\n{text}", origin=dns.name.root,
-                              relativize=False, check_origin=False)
+def _parse_zone_text(text: str, ttl: int, origin: str) -> _Data:
+    try:
+        zone = dns.zone.from_text(f"$TTL {ttl}\n{text}", origin=_name(origin),
+                                  relativize=False, check_origin=False)
+    except ValueError as exc:  # dnspython allows an SOA only at the zone's origin
+        raise ValueError(f"zone text: {exc} (an SOA must be at origin={origin!r})") from exc
     data: _Data = {}
     for name, rdataset in zone.iterate_rdatasets():
         rrset = dns.rrset.RRset(name, rdataset.rdclass, rdataset.rdtype)
-        rrset.update(rdataset)
+        for rdata in rdataset:
+            rrset.add(rdata, rdataset.ttl)
         data.setdefault(name, {})[rdataset.rdtype] = rrset
     return data
 
@@ -111,16 +115,22 @@ class DnsServer:
     """An authoritative DNS server on 127.0.0.1, UDP and TCP on one port, in a thread.
 
     ``records`` maps names to ``{type: [values]}`` (see :data:`RecordValue`), or is zone-file
-    text (relative names are relative to the root unless the text sets ``$ORIGIN``).
+    text read as one zone whose origin is ``origin`` (default the root): relative names are
+    relative to it (or to a later ``$ORIGIN``), an SOA may stand only at it, and names
+    outside it are skipped, as dnspython's zone reader does. Names in the dict form and in
+    :meth:`set` are always taken as absolute.
     ``servfail`` and ``timeout`` are sets of names (any case, trailing dot optional) that get
     SERVFAIL or no answer at all; both are plain sets and may be changed while running.
-    ``port=0`` picks a free port that is free for both UDP and TCP.
+    ``port=0`` picks a port that is free for both UDP and TCP. Records go out in the order
+    given, unless ``shuffle`` asks for a random order in each answer (as many servers do).
     """
 
     def __init__(self, records: Records | str | None = None, *,
                  servfail: Iterable[str] = (), timeout: Iterable[str] = (),
-                 ttl: int = 300, port: int = 0) -> None:
+                 ttl: int = 300, port: int = 0, origin: str = ".",
+                 shuffle: bool = False) -> None:
         self.ttl = ttl
+        self.shuffle = shuffle
         self.servfail: set[str] = set(servfail)
         self.timeout: set[str] = set(timeout)
         self._want_port = port
@@ -135,7 +145,7 @@ class DnsServer:
         self._stopping = threading.Event()
         self.errors: list[BaseException] = []  # unexpected failures while answering
         if isinstance(records, str):
-            self._data = _parse_zone_text(records, ttl)
+            self._data = _parse_zone_text(records, ttl, origin)
         elif records is not None:
             for name, types in records.items():
                 for rtype, values in types.items():
@@ -268,7 +278,10 @@ class DnsServer:
                     if sock is udp:
                         self._on_datagram(udp)
                     elif sock is tcp:
-                        conn, _addr = tcp.accept()
+                        try:
+                            conn, _addr = tcp.accept()
+                        except OSError:
+                            continue
                         conn.settimeout(2.0)
                         buffers[conn] = bytearray()
                         sel.register(conn, selectors.EVENT_READ)
@@ -332,7 +345,8 @@ class DnsServer:
                 limit = max(UDP_PLAIN_LIMIT, min(query.payload, OUR_UDP_PAYLOAD))
             else:
                 limit = UDP_PLAIN_LIMIT
-            return response.to_wire(max_size=limit, prefer_truncation=True)
+            return response.to_wire(max_size=limit, prefer_truncation=True,
+                                    want_shuffle=self.shuffle)
         except Exception as exc:  # keep serving; the test can look at .errors
             self.errors.append(exc)
             response = dns.message.make_response(query)
