@@ -21,10 +21,12 @@ from .config import Config
 from .control import ControlServer
 from .delivery.maildir import MaildirDelivery
 from .delivery.manager import DeliveryManager
+from .delivery.remote import RemoteDelivery
 from .delivery.routing import Router
+from .net.dns import Resolver
 from .net.listener import Listener
 from .net.stream import Stream
-from .net.tls import ensure_self_signed, server_context
+from .net.tls import ReloadableContext, ensure_self_signed
 from .policy.throttle import AuthThrottle, ConnectionRate
 from .protocol.sasl import SaslServer
 from .protocol.server import ServerSettings
@@ -59,16 +61,24 @@ class App:
                              catchall=cfg.domains.catchall,
                              wildcard=cfg.domains.wildcard)
         self.maildir = MaildirDelivery(cfg.mail_dir, hostname=cfg.hostname)
+        self.resolver = Resolver(cfg.dns.nameservers, timeout=cfg.dns.timeout)
+        self.remote = RemoteDelivery(
+            resolver=self.resolver, hostname=cfg.hostname, port=delivery.smtp_port,
+            relayhost=delivery.relayhost_address,
+            relay_credentials=(delivery.relay_username, delivery.relay_password)
+            if delivery.relay_username else None,
+            require_tls=frozenset(delivery.require_tls))
         self.manager = DeliveryManager(queue=self.queue, router=self.router,
                                        maildir=self.maildir, hostname=cfg.hostname,
-                                       schedule=self.schedule,
-                                       concurrency=delivery.concurrency)
+                                       schedule=self.schedule, remote=self.remote,
+                                       concurrency=delivery.concurrency,
+                                       per_destination=delivery.per_destination)
         if cfg.tls.cert and cfg.tls.key:
             cert, key = Path(cfg.tls.cert), Path(cfg.tls.key)
         else:
             cert, key = ensure_self_signed(cfg.data_dir / "tls", cfg.hostname)
-        self.tls = server_context(cert, key)
-        self._cert_files = (cert, key)
+        self.certificates = ReloadableContext(cert, key)
+        self.tls = self.certificates.context
         sub = cfg.submission
         accounts = self.accounts
         mechanisms = sub.auth_mechanisms
@@ -131,12 +141,13 @@ class App:
     def reload_certificates(self) -> None:
         """SIGHUP: load the certificate files again (an ACME renewal, say).
 
-        The context object is shared by every listener and reloaded in place, so new
-        handshakes use the new certificate and open sessions are not touched.
+        Every listener shares one context that hands each new handshake the latest good
+        certificate (see ReloadableContext); open sessions are not touched, and a pair that
+        fails to load leaves the previous one in service.
         """
-        cert, key = self._cert_files
+        cert = self.certificates.cert
         try:
-            self.tls.load_cert_chain(str(cert), str(key))
+            self.certificates.reload()
         except (OSError, ValueError) as exc:
             log.error("certificate reload failed", extra={"event": "tls_reload",
                                                           "ok": False, "reason": str(exc)})

@@ -127,7 +127,12 @@ class DeliveryConfig:
     retry_max: float = _key(3600.0, "seconds: the retry interval doubles up to this", "gt0")
     lifetime: float = _key(432000.0, "seconds in the queue before bouncing", "gt0")
     delay_warning: float = _key(14400.0, "seconds before a 'delayed' DSN; 0 = never", 0)
-    concurrency: int = _key(20, "simultaneous delivery attempts", 1)
+    concurrency: int = _key(20, "simultaneous outbound SMTP sessions", 1)
+    per_destination: int = _key(5, "simultaneous sessions to one destination domain", 1)
+    require_tls: tuple[str, ...] = _key(
+        (), "domains whose mail is never sent without STARTTLS (\"*\" with a relayhost: all)")
+    relay_username: str = _key("", "AUTH user name for the relayhost; \"\" = no AUTH")
+    relay_password: str = _key("", "AUTH password for the relayhost")
 
     @property
     def relayhost_address(self) -> HostPort | None:
@@ -472,11 +477,21 @@ def _read_delivery(table: _Table) -> DeliveryConfig:
     relayhost = table.string("relayhost", "")
     if relayhost:
         _parse_host_port(relayhost, table.key("relayhost"))
+    tls_key = table.key("require_tls")
+    require_tls = tuple(
+        name if name == "*" else _domain(name, f"{tls_key}[{i}]")
+        for i, name in enumerate(table.strings("require_tls", [])))
+    user = table.string("relay_username", "")
+    password = table.string("relay_password", "")
+    if bool(user) != bool(password):
+        raise ConfigError(table.key("relay_password" if user else "relay_username"),
+                          "relay_username and relay_password go together")
     numbers = table.numbers(DeliveryConfig)
     table.finish()
     if numbers["retry_max"] < numbers["retry_first"]:
         raise ConfigError(table.key("retry_max"), "must be at least delivery.retry_first")
-    return DeliveryConfig(relayhost=relayhost, **numbers)
+    return DeliveryConfig(relayhost=relayhost, require_tls=require_tls, relay_username=user,
+                          relay_password=password, **numbers)
 
 
 def _read_submission(table: _Table) -> SubmissionConfig:

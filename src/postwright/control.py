@@ -3,18 +3,21 @@
 A Unix socket at ``data_dir/control.sock`` carrying one JSON request per line and one JSON
 answer per line. Only the queue operations of the CLI are offered: list, show, hold, release,
 delete, flush. The socket is created mode 0600, so only the server's user can use it. When no
-server runs, the CLI opens the queue itself instead (see ``cli.py``).
+server runs, the CLI opens the queue itself instead (see ``cli.py``). A socket path longer
+than ``sockaddr_un`` allows (a deep data_dir) is reached through ``/proc/self/fd`` on Linux.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,25 @@ from .queue import QueueStore
 from .submit import enqueue
 
 log = logging.getLogger("postwright.control")
+
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 octets on Linux, the last one a NUL
+
+
+@contextlib.contextmanager
+def _socket_name(path: Path) -> Iterator[str]:
+    """A name for ``path`` that fits in sockaddr_un, valid inside the ``with`` block.
+
+    A long path is named through an open descriptor of its directory
+    (``/proc/self/fd/N/control.sock``), which bind and connect resolve like any path.
+    """
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 async def queue_op(queue: QueueStore, op: str, qid: str | None) -> Any:
@@ -84,11 +106,17 @@ class ControlServer:
     async def start(self) -> None:
         if self.path.exists() or self.path.is_symlink():
             self.path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            self.server = await asyncio.start_unix_server(self._client, path=str(self.path))
+            with _socket_name(self.path) as name:
+                sock.bind(name)
+        except BaseException:
+            sock.close()
+            raise
         finally:
             os.umask(old)
+        self.server = await asyncio.start_unix_server(self._client, sock=sock)
 
     async def close(self) -> None:
         if self.server is not None:
@@ -128,11 +156,10 @@ class ControlServer:
 def request(path: Path, op: str, qid: str | None = None, timeout: float = 30.0,
             **fields: Any) -> Any:
     """Client side (blocking): send one request; raise ConnectionError if no server listens."""
-    import socket
-
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
-        sock.connect(str(path))
+        with _socket_name(path) as name:
+            sock.connect(name)
         sock.sendall(json.dumps({"op": op, "id": qid, **fields}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):

@@ -65,6 +65,7 @@ def test_expired_recipient_bounces_to_the_sender(tmp_path: Path) -> None:
         manager.clock = lambda: 5000.0  # long past arrival + lifetime
         qid = await put(queue, "alice@example.test", "someone@remote.test")
         await manager.deliver_batch([qid])
+        await manager.stop()  # waits for the remote task (no remote agent: deferred)
         assert qid not in queue.ids()  # failed: the original is gone
         bounces = queue.ids()
         assert len(bounces) == 1
@@ -96,19 +97,21 @@ def test_a_bounce_is_never_bounced(tmp_path: Path) -> None:
         manager.clock = lambda: 5000.0
         qid = await put(queue, "", "someone@remote.test")
         await manager.deliver_batch([qid])
+        await manager.stop()
         assert queue.ids() == []  # failed and dropped, no notice about a notice
         await queue.aclose()
 
     asyncio.run(run())
 
 
-def test_remote_recipient_is_deferred_until_outbound_exists(tmp_path: Path) -> None:
+def test_remote_recipient_is_deferred_without_a_remote_agent(tmp_path: Path) -> None:
     async def run() -> None:
         queue, manager = setup(tmp_path)
         manager.clock = lambda: 1001.0
         qid = await put(queue, "alice@example.test", "someone@remote.test",
                         "bob@example.test")
         await manager.deliver_batch([qid])
+        await manager.stop()
         msg = queue.get(qid)
         states = {r.recipient.address: r.status for r in msg.recipients}
         assert states == {"someone@remote.test": "deferred", "bob@example.test": "delivered"}

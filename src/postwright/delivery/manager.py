@@ -21,6 +21,7 @@ from ..protocol.address import AddressError, parse_mailbox
 from ..queue import QueuedMessage, QueueStore, RecipientResult, RetrySchedule
 from .bounce import bounce
 from .maildir import DeliveryItem, MaildirDelivery, MaildirNameError
+from .remote import Job, RemoteDelivery
 from .routing import Router
 
 log = logging.getLogger("postwright.delivery")
@@ -32,15 +33,21 @@ _INLINE_MAX = 1 << 20  # bodies up to this size are read once and shared by reci
 class DeliveryManager:
     def __init__(self, *, queue: QueueStore, router: Router, maildir: MaildirDelivery,
                  hostname: str, schedule: RetrySchedule, concurrency: int = 20,
-                 batch_size: int = 512, clock: Callable[[], float] = time.time) -> None:
+                 batch_size: int = 512, remote: RemoteDelivery | None = None,
+                 per_destination: int = 5, clock: Callable[[], float] = time.time) -> None:
         self.queue = queue
         self.router = router
         self.maildir = maildir
         self.hostname = hostname
         self.schedule = schedule
         self.clock = clock
-        self.concurrency = concurrency  # for remote delivery (outbound)
+        self.remote = remote
+        self.per_destination = per_destination
         self.batch_size = batch_size
+        self._slots = asyncio.Semaphore(concurrency)  # remote sessions at once
+        self._destinations: dict[str, asyncio.Semaphore] = {}
+        self._inflight: set[tuple[str, int]] = set()
+        self._remote_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -50,22 +57,23 @@ class DeliveryManager:
     async def run(self) -> None:
         """Deliver due messages in batches until stopped.
 
-        Batches are sequential: while one is on disk the next gathers, so under load many
-        messages share each sync, and an idle server delivers a lone message at once.
+        Local batches are sequential: while one is on disk the next gathers, so under load
+        many messages share each sync, and an idle server delivers a lone message at once.
+        Remote deliveries run as tasks of their own, one per destination domain at a time.
         """
         while not self._stopping:
             self._wake.clear()
             now = self.clock()
-            due = self.queue.due(now)
-            if due:
-                try:
-                    await self.deliver_batch(due[: self.batch_size])
-                except Exception:
-                    log.exception("delivery batch crashed", extra={"event": "error"})
-                    await asyncio.sleep(1.0)
+            started = 0
+            try:
+                started = await self.deliver_batch(self.queue.due(now))
+            except Exception:
+                log.exception("delivery batch crashed", extra={"event": "error"})
+                await asyncio.sleep(1.0)
+            if started:
                 continue
             next_due = self.queue.next_due_time()
-            delay = 60.0 if next_due is None else max(0.01, min(60.0, next_due - now))
+            delay = 60.0 if next_due is None else max(0.05, min(60.0, next_due - now))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
             except TimeoutError:
@@ -74,28 +82,94 @@ class DeliveryManager:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        if self._remote_tasks:
+            _done, pending = await asyncio.wait(set(self._remote_tasks), timeout=10)
+            for task in pending:
+                task.cancel()
 
     async def deliver(self, qid: str) -> None:
         await self.deliver_batch([qid])
 
-    async def deliver_batch(self, qids: list[str]) -> None:
+    async def deliver_batch(self, qids: list[str]) -> int:
+        """Start delivery of what is due among ``qids``; returns how many messages it took.
+
+        Local recipients are delivered (and recorded) before this returns; remote ones are
+        handed to a task per destination domain.
+        """
         now = self.clock()
-        work: list[tuple[QueuedMessage, list[int]]] = []
+        local: list[tuple[QueuedMessage, list[int]]] = []
+        remote: dict[str, list[Job]] = {}
+        taken = 0
         for qid in qids:
+            if taken >= self.batch_size:
+                break
             try:
                 msg = self.queue.get(qid)
             except QueueError:
                 continue  # deleted meanwhile
+            if msg.held:
+                continue
             due = [i for i, r in enumerate(msg.recipients)
-                   if r.status in ("pending", "deferred") and r.next_attempt <= now]
-            if due and not msg.held:
-                work.append((msg, due))
-        if not work:
-            return
-        outcome = await asyncio.to_thread(self._deliver_local, work)
-        now = self.clock()
-        await asyncio.gather(*(self._record(msg, results, now)
-                               for (msg, _due), results in zip(work, outcome, strict=True)))
+                   if r.status in ("pending", "deferred") and r.next_attempt <= now
+                   and (qid, i) not in self._inflight]
+            if not due:
+                continue
+            taken += 1
+            mine = [i for i in due if self._is_local(msg.recipients[i].recipient.address)]
+            if mine:
+                local.append((msg, mine))
+            for i in due:
+                if i in mine:
+                    continue
+                domain = _domain_of(msg.recipients[i].recipient.address)
+                jobs = remote.setdefault(domain, [])
+                if jobs and jobs[-1].msg.id == qid:
+                    jobs[-1].indices.append(i)
+                else:
+                    jobs.append(Job(msg, [i]))
+        for domain, jobs in remote.items():
+            self._start_remote(domain, jobs)
+        if local:
+            outcome = await asyncio.to_thread(self._deliver_local, local)
+            now = self.clock()
+            await asyncio.gather(*(self._record(msg, results, now)
+                                   for (msg, _due), results in zip(local, outcome, strict=True)))
+        return taken
+
+    def _start_remote(self, domain: str, jobs: list[Job]) -> None:
+        for job in jobs:
+            self._inflight.update((job.msg.id, i) for i in job.indices)
+        task = asyncio.get_running_loop().create_task(self._remote_domain(domain, jobs))
+        self._remote_tasks.add(task)
+        task.add_done_callback(self._remote_tasks.discard)
+
+    async def _remote_domain(self, domain: str, jobs: list[Job]) -> None:
+        try:
+            if self.remote is None:
+                for job in jobs:
+                    for i in job.indices:
+                        job.results[i] = RecipientResult(
+                            "deferred", "4.4.1 remote delivery is not configured")
+            else:
+                lock = self._destinations.setdefault(domain, asyncio.Semaphore(
+                    self.per_destination))
+                async with self._slots, lock:
+                    await self.remote.deliver_domain(domain, jobs, self.queue.open_body)
+        except Exception as exc:
+            log.exception("remote delivery crashed", extra={"event": "error", "domain": domain})
+            for job in jobs:
+                for i in job.indices:
+                    job.results.setdefault(i, RecipientResult(
+                        "deferred", f"4.3.0 internal error: {type(exc).__name__}"))
+        finally:
+            now = self.clock()
+            try:
+                await asyncio.gather(*(self._record(job.msg, job.results, now)
+                                       for job in jobs if job.results))
+            finally:
+                for job in jobs:
+                    self._inflight.difference_update((job.msg.id, i) for i in job.indices)
+                self._wake.set()
 
     async def _record(self, msg: QueuedMessage, results: dict[int, RecipientResult],
                       now: float) -> None:
@@ -140,10 +214,6 @@ class DeliveryManager:
             body: bytes | None = None
             for i in due:
                 address = msg.recipients[i].recipient.address
-                if not self._is_local(address):
-                    results[i] = RecipientResult(
-                        "deferred", "4.4.1 remote delivery is not available yet")
-                    continue
                 header = self._received(msg.id, msg.envelope, address)
                 try:
                     if msg.size > _INLINE_MAX:
@@ -183,6 +253,20 @@ class DeliveryManager:
             queue_id=qid, recipient=address, tls=env.extra.get("tls"),
             when=env.received_at,
         )
+
+
+def _domain_of(address: str) -> str:
+    """The lower-case A-label domain of an address (its destination)."""
+    try:
+        mailbox = parse_mailbox(address, smtputf8=True)
+    except AddressError:
+        return address.rpartition("@")[2].lower()
+    if mailbox.domain is None:
+        return ""
+    try:
+        return mailbox.domain.ascii()
+    except AddressError:
+        return mailbox.domain.name.lower()
 
 
 def _streamed(header: bytes, queue: QueueStore, qid: str) -> Iterator[bytes]:

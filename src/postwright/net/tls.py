@@ -2,7 +2,8 @@
 
 RFC 8314 and RFC 3207 want TLS on submission; with no certificate configured postwright makes
 a self-signed one under data_dir so that STARTTLS and port 465 work out of the box. Operators
-point ``[tls] cert`` and ``key`` at real ones (ACME or otherwise).
+point ``[tls] cert`` and ``key`` at real ones (ACME or otherwise) and reload them on SIGHUP
+through :class:`ReloadableContext`.
 """
 
 from __future__ import annotations
@@ -66,3 +67,30 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
+
+
+class ReloadableContext:
+    """A server context whose certificate can be replaced while listeners keep using it.
+
+    ``context`` is given to the listeners and to STARTTLS once. Every handshake it starts
+    switches, from the SNI hook (which OpenSSL calls for each ClientHello, with or without a
+    server name), to the context built by the latest successful :meth:`reload`. A reload builds
+    a whole new context: a certificate and key that do not match change nothing, and a
+    certificate of another key type does not linger beside the new one (loading into the
+    shared context in place would do both). Connections already up keep their own context.
+    """
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.cert = cert
+        self.key = key
+        self._current = server_context(cert, key)
+        self.context = server_context(cert, key)
+        self.context.sni_callback = self._select
+
+    def _select(self, tls: ssl.SSLObject, server_name: str | None,
+                context: ssl.SSLContext) -> None:
+        tls.context = self._current
+
+    def reload(self) -> None:
+        """Load the files again; on ``OSError`` or ``ssl.SSLError`` the old pair stays."""
+        self._current = server_context(self.cert, self.key)

@@ -20,8 +20,8 @@ from ..protocol.address import Mailbox
 from ..protocol.reply import Reply
 
 RELAY_DENIED = Reply(550, "5.7.1", "Relay access denied")
-ROUTING_DENIED = Reply(553, "5.7.1", "Routing in the local part is not accepted")
-LITERAL_DENIED = Reply(553, "5.7.1", "Address literals are not accepted")
+ROUTING_DENIED = Reply(550, "5.7.1", "Routing in the local part is not accepted")
+LITERAL_DENIED = Reply(550, "5.7.1", "Address literals are not accepted")
 
 # Characters that make some MTA treat a local part as a further route: "@" (from a quoted
 # local part), "%" (the percent hack) and "!" (UUCP bang paths).

@@ -1,0 +1,421 @@
+"""The three servers the benchmark compares, each started and stopped by the script.
+
+Every peer gets its own temporary directory and its own free loopback port:
+
+* :class:`PostwrightPeer` runs ``python -m postwright serve`` from this repository's venv
+  with a generated TOML config (wildcard domain ``bench.test``, log level ``warning``).
+* :class:`PostfixPeer` builds a private Postfix instance (its own ``config_directory``,
+  ``queue_directory`` and ``data_directory``; ``virtual(8)`` delivery into Maildir) and runs
+  it with ``postfix -c DIR start`` / ``stop``. It needs root and the Debian package.
+* :class:`SinkPeer` runs an aiosmtpd ``Controller`` in a child process (``python -m
+  bench.peers sink PORT``) whose handler answers ``250 OK`` and stores nothing.
+
+What this module does not do: drive load or measure anything except which processes belong
+to a peer (:meth:`Peer.pids`). No RFC is implemented here; the servers speak RFC 5321.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DOMAIN = "bench.test"
+PROBE_LOCAL = "probe"
+POSTFIX = Path("/usr/sbin/postfix")
+POSTCONF = Path("/usr/sbin/postconf")
+PEER_NAMES = ("postwright", "postfix", "aiosmtpd")
+
+
+class PeerError(Exception):
+    """A peer could not be set up or started; the message says why, in one line."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_greeting(port: int, timeout: float, alive: subprocess.Popen[bytes] | None) -> str:
+    """Connect until the server sends its 220 line; return that line."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if alive is not None and alive.poll() is not None:
+            raise PeerError(f"exited with status {alive.returncode} during start-up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                line = s.makefile("rb").readline().decode(errors="replace").strip()
+                if line.startswith("220"):
+                    s.sendall(b"QUIT\r\n")
+                    return line
+                last = line or "empty greeting"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    raise PeerError(f"no 220 greeting on port {port} within {timeout:.0f}s ({last})")
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants that are alive now (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid == root and not os.path.exists(f"/proc/{pid}"):
+            continue
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _process_group(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(b")") + 2:].split()[2])
+
+
+class Peer:
+    """One server under test. ``mail_root`` is the Maildir tree (``<root>/<domain>/<local>/
+    new``), or None for a peer that stores nothing."""
+
+    name = "peer"
+    single_process = True
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.mail_root: Path | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "server.log"
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def pids(self) -> list[int]:
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        return process_tree(self.proc.pid)
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    def _spawn(self, argv: list[str]) -> None:
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)
+        try:
+            wait_for_greeting(self.port, 20, self.proc)
+        except PeerError as exc:
+            self.stop()
+            raise PeerError(f"{exc}; log: {self.log_tail()}") from None
+
+
+class PostwrightPeer(Peer):
+    """postwright from this checkout, run by the interpreter that runs the bench."""
+
+    name = "postwright"
+
+    def __init__(self, workdir: Path, limits: dict[str, int] | None = None) -> None:
+        super().__init__(workdir)
+        self.data = workdir / "data"
+        self.mail_root = self.data / "mail"
+        self.config = workdir / "postwright.toml"
+        wanted = {"max_connections_per_client": 1000, **(limits or {})}
+        limit_lines = "".join(f"{k} = {v}\n" for k, v in sorted(wanted.items()))
+        self.config.write_text(
+            f'hostname = "pw.{DOMAIN}"\n'
+            f'data_dir = "{self.data}"\n'
+            "[listen]\n"
+            f'smtp = ["127.0.0.1:{self.port}"]\n'
+            "submission = []\n"
+            "submissions = []\n"
+            "[domains]\n"
+            f'local = ["{DOMAIN}"]\n'
+            f'wildcard = ["{DOMAIN}"]\n'
+            "[limits]\n"
+            + limit_lines
+            + "[submission]\n"
+            # the default (600 new connections a minute per client) throttles one-per-conn
+            "connections_per_minute = 100000000\n"
+            "[log]\n"
+            'level = "warning"\n'
+        )
+
+    def start(self) -> None:
+        self._spawn([sys.executable, "-m", "postwright", "serve", "--config", str(self.config)])
+
+
+class SinkPeer(Peer):
+    """aiosmtpd answering 250 to everything, in its own process (so it has its own core)."""
+
+    name = "aiosmtpd"
+
+    def start(self) -> None:
+        self._spawn([sys.executable, "-m", "bench.peers", "sink", str(self.port)])
+
+
+def _postfix_main_cf(root: Path, uid: int, gid: int) -> str:
+    return f"""\
+compatibility_level = 3.6
+config_directory = {root}/etc
+queue_directory = {root}/spool
+data_directory = {root}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = pfx.{DOMAIN}
+mydomain = {DOMAIN}
+myorigin = $myhostname
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
+virtual_mailbox_domains = {DOMAIN}
+virtual_mailbox_base = {root}/mail
+virtual_mailbox_maps = texthash:{root}/etc/vmailbox, static:{DOMAIN}/_other/
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+maillog_file = {root}/maillog
+maillog_file_prefixes = {root}
+alias_maps =
+alias_database =
+local_recipient_maps =
+append_dot_mydomain = no
+biff = no
+"""
+
+
+# chroot off everywhere: the instance lives in a temporary directory, not a chroot jail
+_POSTFIX_SERVICES = """\
+pickup unix n - n 60 1 pickup
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+flush unix n - n 1000? 0 flush
+proxymap unix - - n - - proxymap
+smtp unix - - n - - smtp
+relay unix - - n - - smtp
+showq unix n - n - - showq
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+local unix - n n - - local
+virtual unix - n n - - virtual
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd
+"""
+
+
+def _mailbox_user() -> tuple[int, int]:
+    """An unprivileged uid/gid for virtual(8) deliveries (uid >= virtual_minimum_uid)."""
+    for name in ("nobody", "postfix"):
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return entry.pw_uid, entry.pw_gid
+    raise PeerError("no unprivileged user (nobody or postfix) for mailbox ownership")
+
+
+class PostfixPeer(Peer):
+    """A private Postfix instance: every directory under ``workdir``, smtpd on our port."""
+
+    name = "postfix"
+    single_process = False
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.etc = workdir / "etc"
+        self.mail_root = workdir / "mail"
+        self.log_path = workdir / "maillog"
+        self.master_pid: int | None = None
+
+    @staticmethod
+    def unavailable() -> str | None:
+        if not POSTFIX.exists():
+            return f"{POSTFIX} not found (apt-get install postfix)"
+        if os.geteuid() != 0:
+            return "starting a private instance needs root"
+        for what, look in (("user postfix", lambda: pwd.getpwnam("postfix")),
+                           ("group postdrop", lambda: grp.getgrnam("postdrop"))):
+            try:
+                look()
+            except KeyError:
+                return f"{what} does not exist"
+        return None
+
+    def _write_config(self) -> None:
+        uid, gid = _mailbox_user()
+        for sub in ("etc", "spool", "data", "mail"):
+            (self.workdir / sub).mkdir()
+        os.chmod(self.workdir, 0o755)  # daemons running as postfix/nobody must traverse it
+        owner = pwd.getpwnam("postfix")
+        os.chown(self.workdir / "data", owner.pw_uid, owner.pw_gid)
+        os.chown(self.mail_root or self.workdir, uid, gid)
+        (self.etc / "main.cf").write_text(_postfix_main_cf(self.workdir, uid, gid))
+        (self.etc / "master.cf").write_text(
+            f"127.0.0.1:{self.port} inet n - n - - smtpd\n" + _POSTFIX_SERVICES)
+        # smtp-source's addresses: user, 2user .. 100user (-r 100) and our probe; anything
+        # else still gets a Maildir, the shared "_other" one
+        names = ["user", PROBE_LOCAL] + [f"{i}user" for i in range(2, 101)]
+        (self.etc / "vmailbox").write_text(
+            "".join(f"{n}@{DOMAIN} {DOMAIN}/{n}/\n" for n in names))
+
+    def _postfix(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(POSTFIX), "-c", str(self.etc), *args], capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        self._write_config()
+        res = self._postfix("start")
+        if res.returncode != 0:
+            why = (res.stderr or res.stdout).strip().replace("\n", " | ")
+            why = why or f"exit status {res.returncode}"
+            raise PeerError(f"postfix start failed ({why}); log: {self.log_tail(3)}")
+        try:
+            self.master_pid = int((self.workdir / "spool/pid/master.pid").read_text().split()[0])
+            wait_for_greeting(self.port, 20, None)
+        except (OSError, ValueError, PeerError) as exc:
+            self.stop()
+            raise PeerError(f"{exc}; log: {self.log_tail()}") from None
+
+    def stop(self) -> None:
+        if self.master_pid is None:
+            return
+        leftovers = self.pids()
+        try:
+            self._postfix("stop", timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 10
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # whatever outlived "postfix stop": only processes still in the master's group
+        for pid in set(self.pids()) | set(leftovers):
+            if _process_group(pid) == self.master_pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.master_pid = None
+
+    def pids(self) -> list[int]:
+        return process_tree(self.master_pid) if self.master_pid else []
+
+    def version(self) -> str:
+        res = subprocess.run([str(POSTCONF), "-c", str(self.etc), "-dh", "mail_version"],
+                             capture_output=True, text=True, timeout=30)
+        return res.stdout.strip() or "unknown"
+
+
+def unavailable(name: str) -> str | None:
+    """Why peer ``name`` cannot run on this machine, or None."""
+    if name == "postfix":
+        return PostfixPeer.unavailable()
+    if name == "aiosmtpd":
+        try:
+            import aiosmtpd  # noqa: F401
+        except ImportError:
+            return "aiosmtpd is not installed in this venv"
+    if name == "postwright":
+        try:
+            import postwright  # noqa: F401
+        except ImportError:
+            return "postwright is not installed in this venv (make install)"
+    return None
+
+
+def make_peer(name: str, base: Path | None, limits: dict[str, int] | None = None) -> Peer:
+    """A new, not yet started peer with a fresh temporary directory under ``base``."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=base))
+    if name == "postwright":
+        return PostwrightPeer(workdir, limits)
+    if name == "postfix":
+        return PostfixPeer(workdir)
+    if name == "aiosmtpd":
+        return SinkPeer(workdir)
+    raise ValueError(f"unknown peer {name!r}")
+
+
+def discard(peer: Peer) -> None:
+    """Stop ``peer`` (if running) and delete its directory."""
+    try:
+        peer.stop()
+    finally:
+        shutil.rmtree(peer.workdir, ignore_errors=True)
+
+
+def _sink_main(port: int) -> None:
+    """The aiosmtpd sink process: 250 OK to every message, nothing kept."""
+    import asyncio
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP, Envelope, Session
+
+    class Sink:
+        async def handle_DATA(self, server: SMTP, session: Session,
+                              envelope: Envelope) -> str:
+            return "250 OK"
+
+    try:
+        import uvloop
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # the server thread inherits the mask
+    controller = Controller(Sink(), hostname="127.0.0.1", port=port, loop=loop,
+                            server_hostname=f"sink.{DOMAIN}", ready_timeout=20)
+    controller.start()
+    signal.sigwait(stop)
+    controller.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "sink":
+        _sink_main(int(sys.argv[2]))
+    else:
+        sys.exit("usage: python -m bench.peers sink PORT")

@@ -1,0 +1,219 @@
+"""The remote delivery agent: hands queued mail to other servers over SMTP.
+
+For one destination domain it plans a route (MX by preference, implicit MX, null MX, or the
+relay host), then tries the candidates in order, and over each connection it sends as many
+of the waiting messages as it can (connection reuse), pipelined when the server offers it.
+STARTTLS is used whenever offered (opportunistic, RFC 7435); for domains that require TLS a
+server that does not offer it gets nothing, the mail is deferred. Every recipient ends
+delivered, deferred (4xx, connection trouble, anything unexpected) or failed (5xx).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from ..errors import LocalProtocolError, RemoteProtocolError
+from ..net.smtpclient import DEFAULT_TIMEOUTS, SmtpClient, SmtpFailure, Timeouts
+from ..protocol.params import xtext_encode
+from ..protocol.reply import Reply
+from ..protocol.sasl_client import LoginClient, PlainClient, SaslClient
+from ..queue import QueuedMessage, RecipientResult
+from .mx import Candidate, DnsLookup, NoRoute, plan_route
+
+log = logging.getLogger("postwright.delivery")
+
+_INLINE_MAX = 1 << 20
+
+
+@dataclass
+class Job:
+    """One message and the indices of its recipients in one destination domain."""
+
+    msg: QueuedMessage
+    indices: list[int]
+    results: dict[int, RecipientResult] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return len(self.results) == len(self.indices)
+
+
+def opportunistic_context() -> ssl.SSLContext:
+    """TLS without certificate checks (RFC 7435): better than clear text, no worse."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class RemoteDelivery:
+    def __init__(self, *, resolver: DnsLookup, hostname: str, port: int = 25,
+                 relayhost: tuple[str, int] | None = None,
+                 relay_credentials: tuple[str, str] | None = None,
+                 require_tls: frozenset[str] = frozenset(),
+                 timeouts: Timeouts = DEFAULT_TIMEOUTS, messages_per_connection: int = 100,
+                 rng: random.Random | None = None) -> None:
+        self.resolver = resolver
+        self.hostname = hostname
+        self.port = port
+        self.relayhost = relayhost
+        self.relay_credentials = relay_credentials
+        self.require_tls = require_tls
+        self.timeouts = timeouts
+        self.messages_per_connection = messages_per_connection
+        self.rng = rng
+        self.tls_context = opportunistic_context()
+        self.connections_opened = 0
+
+    async def deliver_domain(self, domain: str, jobs: list[Job],
+                             open_body: Callable[[str], BinaryIO]) -> None:
+        """Fill in ``job.results`` for every recipient of every job."""
+        route = await plan_route(domain, self.resolver, port=self.port,
+                                 relayhost=self.relayhost, rng=self.rng)
+        if isinstance(route, NoRoute):
+            status = "failed" if route.permanent else "deferred"
+            for job in jobs:
+                _settle(job, RecipientResult(status, route.reply))
+            return
+        last = "4.4.1 no host could be reached"
+        for candidate in route.candidates:
+            waiting = [job for job in jobs if not job.done]
+            if not waiting:
+                return
+            last = await self._try_host(domain, candidate, waiting, open_body) or last
+        for job in jobs:
+            _settle(job, RecipientResult("deferred", last))
+
+    async def _try_host(self, domain: str, cand: Candidate, jobs: list[Job],
+                        open_body: Callable[[str], BinaryIO]) -> str | None:
+        """Deliver what this host takes; returns the reason it stopped, if it did."""
+        where = f"{cand.host}[{cand.ip}]:{cand.port}"
+        try:
+            client = await SmtpClient.connect(cand.ip, cand.port, local_hostname=self.hostname,
+                                              timeouts=self.timeouts)
+        except SmtpFailure as exc:
+            return _why(exc.reply, where, "greeting")
+        except (OSError, TimeoutError) as exc:
+            return f"4.4.1 connect to {where} failed: {exc or type(exc).__name__}"
+        self.connections_opened += 1
+        try:
+            await client.hello()
+            if client.conn.supports("STARTTLS"):
+                await client.starttls(self.tls_context, server_hostname=cand.host)
+            elif domain in self.require_tls or (self.relayhost and "*" in self.require_tls):
+                await client.quit()
+                return f"4.7.10 TLS is required for {domain} but {where} does not offer it"
+            if self.relay_credentials is not None and self.relayhost is not None:
+                await client.authenticate(*self._sasl(client))
+            sent = 0
+            for job in jobs:
+                if sent >= self.messages_per_connection:
+                    break
+                await self._send(client, job, where, open_body)
+                sent += 1
+            await client.quit()
+            return None if all(job.done for job in jobs) else "4.4.2 connection limit reached"
+        except SmtpFailure as exc:
+            client.close()
+            return _why(exc.reply, where, "session")
+        except (RemoteProtocolError, OSError, TimeoutError, ssl.SSLError) as exc:
+            client.close()
+            return f"4.4.2 conversation with {where} failed: {exc or type(exc).__name__}"
+
+    def _sasl(self, client: SmtpClient) -> tuple[str, SaslClient]:
+        assert self.relay_credentials is not None
+        user, password = self.relay_credentials
+        offered = client.conn.extensions.get("AUTH", "").upper().split()
+        if "PLAIN" in offered:
+            return "PLAIN", PlainClient(user, password)
+        if "LOGIN" in offered:
+            return "LOGIN", LoginClient(user, password)
+        raise SmtpFailure(Reply(454, "4.7.0", "relay host offers no AUTH mechanism we use"))
+
+    async def _send(self, client: SmtpClient, job: Job, where: str,
+                    open_body: Callable[[str], BinaryIO]) -> None:
+        env = job.msg.envelope
+        conn = client.conn
+        params: dict[str, str | None] = {}
+        body: bytes | BinaryIO
+        if job.msg.size <= _INLINE_MAX:
+            with open_body(job.msg.id) as f:
+                body = f.read()
+            eight_bit = not body.isascii()
+        else:
+            body = open_body(job.msg.id)
+            eight_bit = env.body != "7BIT"
+        try:
+            if conn.supports("SIZE"):
+                params["SIZE"] = str(job.msg.size)
+            if eight_bit:
+                if not conn.supports("8BITMIME"):
+                    _settle(job, RecipientResult(
+                        "failed", f"5.6.3 {where} does not accept 8-bit content (no 8BITMIME)"))
+                    return
+                params["BODY"] = "8BITMIME"
+            if env.smtputf8 and conn.supports("SMTPUTF8"):
+                params["SMTPUTF8"] = None
+            dsn = conn.supports("DSN")
+            if dsn and env.ret:
+                params["RET"] = env.ret
+            if dsn and env.envid:
+                params["ENVID"] = xtext_encode(env.envid)
+            rcpts = []
+            for i in job.indices:
+                r = job.msg.recipients[i].recipient
+                rparams: dict[str, str | None] = {}
+                if dsn and r.notify:
+                    rparams["NOTIFY"] = ",".join(r.notify)
+                if dsn and r.orcpt:
+                    kind, _, addr = r.orcpt.partition(";")
+                    rparams["ORCPT"] = f"{kind};{xtext_encode(addr)}"
+                rcpts.append((r.address, rparams))
+            try:
+                txn = await client.send(env.sender, rcpts, body, mail_params=params)
+            except LocalProtocolError as exc:
+                # Our input the next hop cannot take (SMTPUTF8 needed, say): permanent.
+                _settle(job, RecipientResult("failed", f"{exc.reply.enhanced} {exc.reply.text}"
+                                             f" ({where})"))
+                await client.reset()
+                return
+        finally:
+            if not isinstance(body, bytes):
+                body.close()
+        for i, reply in zip(job.indices, txn.recipients, strict=True):
+            if reply.code >= 300:
+                job.results[i] = _result(reply, where, "RCPT")
+            elif txn.data is None:
+                job.results[i] = RecipientResult("deferred", f"4.4.2 no reply to the content "
+                                                 f"from {where}")
+            else:
+                job.results[i] = _result(txn.data, where, "end of data")
+        if txn.data is None or txn.data.code >= 300:
+            await client.reset()
+
+
+def _settle(job: Job, result: RecipientResult) -> None:
+    for i in job.indices:
+        job.results.setdefault(i, result)
+
+
+def _result(reply: Reply, where: str, stage: str) -> RecipientResult:
+    text = f"{reply.code} {reply.enhanced + ' ' if reply.enhanced else ''}{reply.text}"[:400]
+    line = f"{text} (in reply to {stage}, from {where})"
+    if reply.code < 300:
+        return RecipientResult("delivered", line)
+    return RecipientResult("failed" if reply.code >= 500 else "deferred", line)
+
+
+def _why(reply: Reply, where: str, stage: str) -> str:
+    enhanced = reply.enhanced or ("4.4.2" if reply.code < 500 else "5.0.0")
+    # A refusal of the whole session is never final for the message: try later or elsewhere.
+    if enhanced.startswith("5"):
+        enhanced = "4" + enhanced[1:]
+    return f"{enhanced} {where} refused the {stage}: {reply.code} {reply.text}"[:400]
