@@ -7,7 +7,7 @@ Covers RFC 5321 section 2.3.1 (envelope), RFC 3461 (DSN parameters), RFC 6531 (S
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 _FORBIDDEN = ("\r", "\n", "\0")
@@ -64,9 +64,14 @@ class Envelope:
             _clean(k, v)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["recipients"] = [r.to_dict() for r in self.recipients]
-        return d
+        # Spelled out rather than dataclasses.asdict: this runs for every queued message.
+        return {
+            "sender": self.sender, "recipients": [r.to_dict() for r in self.recipients],
+            "body": self.body, "smtputf8": self.smtputf8, "ret": self.ret,
+            "envid": self.envid, "helo": self.helo, "client_address": self.client_address,
+            "received_at": self.received_at, "auth": self.auth, "listener": self.listener,
+            "extra": dict(self.extra),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Envelope:

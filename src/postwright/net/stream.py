@@ -24,7 +24,7 @@ class Stream(asyncio.Protocol):
         self.sink: Callable[[bytes], None] | None = None
         self.idle = True  # no mail transaction under way (set by the session)
         self.pending = 0  # bytes handed to the sink that the session has not processed
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None
         self._eof = False
         self._paused = False
         self._closed = asyncio.get_running_loop().create_future()
@@ -82,20 +82,24 @@ class Stream(asyncio.Protocol):
             self.transport.resume_reading()
 
     async def wait_data(self, timeout: float) -> bool:
-        """Wait for more input or EOF; False on timeout."""
+        """Wait for more input or EOF; False on timeout.
+
+        A bare future and one timer handle: cheaper than ``asyncio.wait_for``, which matters
+        because a session waits once per command.
+        """
         if self._eof:
             return True
         loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiter = waiter
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
+        timer = loop.call_later(timeout, _expire, waiter)
         try:
-            await asyncio.wait_for(self._waiter, timeout)
-            return True
-        except TimeoutError:
-            return False
+            return await waiter
         finally:
+            timer.cancel()
             self._waiter = None
 
     def write(self, data: bytes) -> None:
@@ -138,4 +142,9 @@ class Stream(asyncio.Protocol):
     def _wake(self) -> None:
         w = self._waiter
         if w is not None and not w.done():
-            w.set_result(None)
+            w.set_result(True)
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
