@@ -77,7 +77,7 @@ class App:
             cert, key = Path(cfg.tls.cert), Path(cfg.tls.key)
         else:
             cert, key = ensure_self_signed(cfg.data_dir / "tls", cfg.hostname)
-        self.certificates = ReloadableContext(cert, key)
+        self.certificates = ReloadableContext(cert, key, cfg.tls.sni)
         self.tls = self.certificates.context
         sub = cfg.submission
         accounts = self.accounts

@@ -76,6 +76,7 @@ class TlsConfig:
 
     cert: Path | None = None
     key: Path | None = None
+    sni: Mapping[str, tuple[Path, Path]] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,6 +409,22 @@ def _read_tls(table: _Table, base: Path) -> TlsConfig:
     for name in ("cert", "key"):
         text = table.string(name, "")
         paths[name] = _path(text, table.key(name), base) if name in table.data else None
+    sni_table = table.table("sni")
+    sni: dict[str, tuple[Path, Path]] = {}
+    for name in sni_table.data:
+        entry = sni_table.table(name)
+        host = _domain(name, entry.path)
+        pair = []
+        for part in ("cert", "key"):
+            if part not in entry.data:
+                raise ConfigError(entry.key(part), "each SNI name needs a cert and a key")
+            file = _path(entry.string(part, ""), entry.key(part), base)
+            if not (file.is_file() and os.access(file, os.R_OK)):
+                raise ConfigError(entry.key(part), f"cannot read file {str(file)!r}")
+            pair.append(file)
+        entry.finish()
+        sni[host] = (pair[0], pair[1])
+    sni_table.finish()
     table.finish()
     if (paths["cert"] is None) != (paths["key"] is None):
         missing = "key" if paths["key"] is None else "cert"
@@ -415,7 +432,7 @@ def _read_tls(table: _Table, base: Path) -> TlsConfig:
     for name, path in paths.items():
         if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
             raise ConfigError(table.key(name), f"cannot read file {str(path)!r}")
-    return TlsConfig(cert=paths["cert"], key=paths["key"])
+    return TlsConfig(cert=paths["cert"], key=paths["key"], sni=MappingProxyType(sni))
 
 
 def _read_domains(table: _Table, hostname: str) -> DomainsConfig:
@@ -623,7 +640,10 @@ def dump_defaults() -> str:
         note = f"  # {_TOP_NOTES[section]}" if section in _TOP_NOTES else ""
         out += ["", f"[{section}]{note}"]
         if section == "tls":
-            out += ['# cert = "/etc/postwright/cert.pem"', '# key = "/etc/postwright/key.pem"']
+            out += ['# cert = "/etc/postwright/cert.pem"', '# key = "/etc/postwright/key.pem"',
+                    '# [tls.sni."mail.other.test"]  # a certificate per host name (SNI)',
+                    '# cert = "/etc/postwright/other.pem"',
+                    '# key = "/etc/postwright/other.key"']
         elif section == "aliases":
             out.append(f'# "postmaster@{host}" = ["alice@{host}"]')
         for f in dataclasses.fields(defaults) if defaults is not None else ():

@@ -295,3 +295,28 @@ def test_reload_to_another_key_type_retires_the_old_certificate(
         except (ssl.SSLError, ConnectionError):
             continue  # no certificate it can use: refusing is right
         assert name == "b.test"
+
+
+def test_sni_picks_the_certificate_for_the_name_asked(
+        tmp_path: Path, make_server: Callable[..., Server]) -> None:
+    paths = {}
+    for name in ("a.test", "b.test"):
+        cert, key = certificate(name)
+        paths[name] = (tmp_path / f"{name}.crt", tmp_path / f"{name}.key")
+        install(paths[name][0], cert)
+        install(paths[name][1], key)
+    srv = make_server(f'[tls]\ncert = "{paths["a.test"][0]}"\nkey = "{paths["a.test"][1]}"\n'
+                      f'[tls.sni."B.test"]\ncert = "{paths["b.test"][0]}"\n'
+                      f'key = "{paths["b.test"][1]}"\n')
+    srv.start()
+
+    def seen(server_hostname: str | None) -> str:
+        ctx = client_context()
+        with srv.raw(srv.submissions_port, ehlo=None) as client:
+            client.sock = ctx.wrap_socket(client.sock, server_hostname=server_hostname)
+            return peer_name(client.sock)
+
+    assert seen("b.test") == "b.test"
+    assert seen("a.test") == "a.test"
+    assert seen("other.test") == "a.test"  # unknown names get the default certificate
+    assert seen(None) == "a.test"

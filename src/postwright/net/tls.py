@@ -12,6 +12,7 @@ import datetime
 import ipaddress
 import os
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography import x509
@@ -80,17 +81,27 @@ class ReloadableContext:
     shared context in place would do both). Connections already up keep their own context.
     """
 
-    def __init__(self, cert: Path, key: Path) -> None:
+    def __init__(self, cert: Path, key: Path,
+                 sni: Mapping[str, tuple[Path, Path]] | None = None) -> None:
         self.cert = cert
         self.key = key
+        self.sni = {name.lower().rstrip("."): pair for name, pair in (sni or {}).items()}
         self._current = server_context(cert, key)
+        self._by_name = self._load_sni()
         self.context = server_context(cert, key)
         self.context.sni_callback = self._select
 
+    def _load_sni(self) -> dict[str, ssl.SSLContext]:
+        return {name: server_context(c, k) for name, (c, k) in self.sni.items()}
+
     def _select(self, tls: ssl.SSLObject, server_name: str | None,
                 context: ssl.SSLContext) -> None:
-        tls.context = self._current
+        # SNI (RFC 6066): a certificate per host name; anything else gets the default one.
+        chosen = self._by_name.get(server_name.lower().rstrip(".")) if server_name else None
+        tls.context = chosen or self._current
 
     def reload(self) -> None:
-        """Load the files again; on ``OSError`` or ``ssl.SSLError`` the old pair stays."""
-        self._current = server_context(self.cert, self.key)
+        """Load the files again; on ``OSError`` or ``ssl.SSLError`` the old pairs stay."""
+        current = server_context(self.cert, self.key)
+        by_name = self._load_sni()
+        self._current, self._by_name = current, by_name
