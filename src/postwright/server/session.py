@@ -108,6 +108,7 @@ class InboundSession:
             settings = replace(settings, require_auth=False)
         self.conn = ServerConnection(settings)
         self.sender: str | None = None
+        self.mail_auth: str | None = None
         self.mail_params: MailParams | None = None
         self.recipients: list[Recipient] = []
         self._seen: set[str] = set()
@@ -236,6 +237,10 @@ class InboundSession:
             return
         self.sender = "" if path.mailbox is None else str(path.mailbox)
         self.mail_params = ev.params
+        # RFC 4954 section 5: AUTH= on MAIL names who submitted the message. It is taken
+        # only from trusted peers; from anyone else it is parsed and ignored.
+        self.mail_auth = (ev.params.auth if self.trusted and ev.params.auth not in (None, "<>")
+                          else None)
         self.send(Reply(250, "2.1.0", "Sender ok"))
 
     def rcpt(self, ev: Rcpt) -> None:
@@ -323,7 +328,7 @@ class InboundSession:
             helo=self.conn.helo,
             client_address=self.client,
             received_at=time.time(),
-            auth=self.account,
+            auth=self.account or self.mail_auth,
             listener=self.role.name,
             extra=extra,
         )
@@ -408,6 +413,7 @@ class InboundSession:
         self._drop_body()
         self.sender = None
         self.mail_params = None
+        self.mail_auth = None
         self.recipients = []
         self._seen = set()
 
