@@ -72,7 +72,8 @@ class App:
                                        maildir=self.maildir, hostname=cfg.hostname,
                                        schedule=self.schedule, remote=self.remote,
                                        concurrency=delivery.concurrency,
-                                       per_destination=delivery.per_destination)
+                                       per_destination=delivery.per_destination,
+                                       delay_warning=delivery.delay_warning)
         if cfg.tls.cert and cfg.tls.key:
             cert, key = Path(cfg.tls.cert), Path(cfg.tls.key)
         else:

@@ -119,3 +119,30 @@ def test_remote_recipient_is_deferred_without_a_remote_agent(tmp_path: Path) -> 
         await queue.aclose()
 
     asyncio.run(run())
+
+
+def test_delay_warning_is_sent_once(tmp_path: Path) -> None:
+    async def run() -> None:
+        queue, manager = setup(tmp_path, lifetime=10_000)
+        manager.delay_warning = 100
+        manager.clock = lambda: 1050.0  # before the warning point: plain deferral
+        qid = await put(queue, "alice@example.test", "someone@remote.test")
+        await manager.deliver_batch([qid])
+        await manager.stop()
+        assert queue.ids() == [qid]
+        for now in (1200.0, 1300.0, 1400.0):  # the point (1100) is crossed before 1200 only
+            manager.clock = lambda now=now: now
+            await queue.flush(now=now)
+            await manager.deliver_batch([qid])
+            await manager.stop()
+        notices = [i for i in queue.ids() if i != qid]
+        assert len(notices) == 1
+        notice = queue.get(notices[0])
+        assert notice.envelope.sender == ""
+        with queue.open_body(notices[0]) as f:
+            text = f.read().decode()
+        assert "Action: delayed" in text and "Will-Retry-Until:" in text
+        assert queue.get(qid).recipients[0].status == "deferred"
+        await queue.aclose()
+
+    asyncio.run(run())

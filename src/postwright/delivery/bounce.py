@@ -26,7 +26,8 @@ def status_of(reply: str, default: str = "5.0.0") -> str:
 
 
 async def bounce(queue: QueueStore, msg: QueuedMessage, failed: dict[int, RecipientResult],
-                 *, hostname: str, now: float, action: str = "failed") -> str | None:
+                 *, hostname: str, now: float, action: str = "failed",
+                 retry_until: float | None = None) -> str | None:
     """Queue a notice about ``failed`` recipients of ``msg``; returns its queue id or None."""
     reports = []
     for i, result in failed.items():
@@ -35,7 +36,7 @@ async def bounce(queue: QueueStore, msg: QueuedMessage, failed: dict[int, Recipi
             recipient=msg.recipients[i].recipient, action=action,  # type: ignore[arg-type]
             status=status_of(result.reply, "5.0.0" if action == "failed" else "4.0.0"),
             diagnostic=result.reply, remote_mta=remote.group(1) if remote else None,
-            last_attempt=now,
+            last_attempt=now, will_retry_until=retry_until if action == "delayed" else None,
         ))
     with queue.open_body(msg.id) as original:
         report = build_dsn(envelope=msg.envelope, queue_id=msg.id, reports=reports,
@@ -55,7 +56,8 @@ async def bounce(queue: QueueStore, msg: QueuedMessage, failed: dict[int, Recipi
     except BaseException:
         queue.discard(body)
         raise
-    log.info("bounce queued", extra={"event": "bounced", "id": msg.id, "bounce_id": qid,
+    log.info("notice queued", extra={"event": "bounced" if action == "failed" else action,
+                                     "action": action, "id": msg.id, "bounce_id": qid,
                                      "to": env.sender,
                                      "recipients": [r.recipient.address for r in reports]})
     return qid

@@ -34,7 +34,8 @@ class DeliveryManager:
     def __init__(self, *, queue: QueueStore, router: Router, maildir: MaildirDelivery,
                  hostname: str, schedule: RetrySchedule, concurrency: int = 20,
                  batch_size: int = 512, remote: RemoteDelivery | None = None,
-                 per_destination: int = 5, clock: Callable[[], float] = time.time) -> None:
+                 per_destination: int = 5, delay_warning: float = 14400.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.queue = queue
         self.router = router
         self.maildir = maildir
@@ -43,6 +44,7 @@ class DeliveryManager:
         self.clock = clock
         self.remote = remote
         self.per_destination = per_destination
+        self.delay_warning = delay_warning
         self.batch_size = batch_size
         self._slots = asyncio.Semaphore(concurrency)  # remote sessions at once
         self._destinations: dict[str, asyncio.Semaphore] = {}
@@ -178,6 +180,14 @@ class DeliveryManager:
                 if result.status == "deferred":
                     results[i] = RecipientResult("failed", "4.4.7 delivery time expired: "
                                                  + result.reply)
+        delayed = self._crossed_delay_warning(msg, results, now)
+        if delayed:
+            try:
+                await bounce(self.queue, msg, delayed, hostname=self.hostname, now=now,
+                             action="delayed",
+                             retry_until=msg.arrived + self.schedule.lifetime)
+            except Exception:
+                log.exception("delay warning failed", extra={"event": "error", "id": msg.id})
         failed = {i: r for i, r in results.items() if r.status == "failed"}
         if failed:
             try:
@@ -200,6 +210,30 @@ class DeliveryManager:
                 log.warning("delivery failed", extra=fields)
             else:
                 log.info("deferred", extra=fields)
+
+    def _crossed_delay_warning(self, msg: QueuedMessage, results: dict[int, RecipientResult],
+                               now: float) -> dict[int, RecipientResult]:
+        """Deferred recipients whose ``delay_warning`` point falls in (last attempt, now].
+
+        The previous attempt time is not stored; it is the scheduled next attempt minus the
+        delay the schedule gave. So each recipient is warned once, at the first attempt after
+        the point (a ``queue flush`` in between can shift that by one attempt).
+        """
+        if self.delay_warning <= 0:
+            return {}
+        point = msg.arrived + self.delay_warning
+        if now < point:
+            return {}
+        out = {}
+        for i, result in results.items():
+            if result.status != "deferred":
+                continue
+            state = msg.recipients[i]
+            previous = (state.next_attempt - self.schedule.next_delay(state.attempts)
+                        if state.attempts else float("-inf"))
+            if previous < point:
+                out[i] = result
+        return out
 
     # ---- worker thread -----------------------------------------------------------------
     def _deliver_local(self, work: list[tuple[QueuedMessage, list[int]]]
