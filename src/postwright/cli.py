@@ -323,20 +323,26 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def _send_smtp(server: str, sender: str, recipients: list[str], message: bytes) -> int:
-    import smtplib
+    from .client import SendError, Timeouts, send
 
     host, _, port = server.rpartition(":")
     if not host or not port.isdigit():
         raise CliError(f"--server: expected HOST:PORT, got {server!r}")
+    # Plain SMTP, as before: no STARTTLS, no AUTH; one minute for every wait.
+    minute = Timeouts(connect=60, greeting=60, command=60, data_block=60, data_end=60)
     try:
-        with smtplib.SMTP(host.strip("[]"), int(port), timeout=60) as smtp:
-            refused = smtp.sendmail(sender, recipients, message)
-    except (smtplib.SMTPException, OSError) as exc:
+        result = send(message, host=host.strip("[]"), port=int(port), sender=sender,
+                      recipients=recipients, starttls=False, timeouts=minute)
+    except SendError as exc:
         raise CliError(f"sending failed: {exc}", EXIT_FAILURE) from None
-    for rcpt, (code, text) in refused.items():
-        print(f"refused {rcpt}: {code} {text.decode(errors='replace')}", file=sys.stderr)
-    print("sent" if not refused else "sent to some recipients")
-    return EXIT_OK if not refused else EXIT_FAILURE
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    for rcpt, reply in result.refused.items():
+        print(f"refused {rcpt}: {reply}", file=sys.stderr)
+    if not result.accepted:
+        raise CliError("sending failed: no recipient was accepted", EXIT_FAILURE)
+    print("sent" if not result.refused else "sent to some recipients")
+    return EXIT_OK if not result.refused else EXIT_FAILURE
 
 
 COMMANDS: list[Registrar] = [register_check_config, register_user, register_serve,

@@ -28,6 +28,7 @@ log = logging.getLogger("postwright.delivery")
 
 _CHUNK = 256 * 1024
 _INLINE_MAX = 1 << 20  # bodies up to this size are read once and shared by recipients
+_BATCH_BYTES = 8 << 20  # a batch stops growing here, so its bodies never weigh much more
 
 
 class DeliveryManager:
@@ -102,8 +103,9 @@ class DeliveryManager:
         local: list[tuple[QueuedMessage, list[int]]] = []
         remote: dict[str, list[Job]] = {}
         taken = 0
+        size = 0
         for qid in qids:
-            if taken >= self.batch_size:
+            if taken >= self.batch_size or size >= _BATCH_BYTES:
                 break
             try:
                 msg = self.queue.get(qid)
@@ -117,6 +119,7 @@ class DeliveryManager:
             if not due:
                 continue
             taken += 1
+            size += msg.size
             mine = [i for i in due if self._is_local(msg.recipients[i].recipient.address)]
             if mine:
                 local.append((msg, mine))
