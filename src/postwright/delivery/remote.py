@@ -10,14 +10,16 @@ delivered, deferred (4xx, connection trouble, anything unexpected) or failed (5x
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from ..errors import LocalProtocolError, RemoteProtocolError
+from ..message.trace import received_header
 from ..net.smtpclient import DEFAULT_TIMEOUTS, SmtpClient, SmtpFailure, Timeouts
 from ..protocol.params import xtext_encode
 from ..protocol.reply import Reply
@@ -142,12 +144,19 @@ class RemoteDelivery:
         conn = client.conn
         params: dict[str, str | None] = {}
         body: bytes | BinaryIO
+        only = (job.msg.recipients[job.indices[0]].recipient.address
+                if len(job.indices) == 1 else None)
+        trace = received_header(
+            helo=env.helo, client_address=env.client_address, client_name=None,
+            hostname=self.hostname, protocol=env.extra.get("protocol", "ESMTP"),
+            queue_id=job.msg.id, recipient=only, tls=env.extra.get("tls"),
+            when=env.received_at)
         if job.msg.size <= _INLINE_MAX:
             with open_body(job.msg.id) as f:
-                body = f.read()
+                body = trace + f.read()
             eight_bit = not body.isascii()
         else:
-            body = open_body(job.msg.id)
+            body = cast(BinaryIO, _Prefixed(trace, open_body(job.msg.id)))
             eight_bit = env.body != "7BIT"
         try:
             if conn.supports("SIZE"):
@@ -196,6 +205,28 @@ class RemoteDelivery:
                 job.results[i] = _result(txn.data, where, "end of data")
         if txn.data is None or txn.data.code >= 300:
             await client.reset()
+
+
+class _Prefixed(io.RawIOBase):
+    """A large body read from the queue, with our trace header in front."""
+
+    def __init__(self, head: bytes, body: BinaryIO) -> None:
+        super().__init__()
+        self._head = head
+        self._body = body
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            out, self._head = self._head, b""
+            return out
+        return self._body.read(size)
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
 
 
 def _settle(job: Job, result: RecipientResult) -> None:
