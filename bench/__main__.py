@@ -3,8 +3,9 @@
 Order of work: check each peer once (start it, deliver one message with smtp-source, stop
 it; a peer that fails is skipped with one line saying why), then the comparative scenarios
 interleaved by round (peer order rotates each round; every run gets a freshly started peer
-with an empty queue and Maildir), then the postwright-only scenarios once. Results go to
-stdout as a Markdown table and to ``bench/results/<time>.json``.
+with an empty queue and Maildir), then the postwright-only scenarios once. A relay scenario
+runs only the peers that relay (postwright, Postfix), each with its own fresh smtp-sink as the
+relay host. Results go to stdout as a Markdown table and to ``bench/results/<time>.json``.
 
 This is a measurement tool, not a test: it asserts nothing about speed.
 """
@@ -22,8 +23,9 @@ from importlib import metadata
 from pathlib import Path
 
 from . import load, peers, report
+from .destination import RelayDestination
 from .load import RunResult, Scenario
-from .peers import PEER_NAMES, Peer, PeerError
+from .peers import PEER_NAMES, RELAY_PEERS, Peer, PeerError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -118,30 +120,42 @@ def preflight(name: str, base: Path | None, info: dict[str, str]) -> str | None:
 
 
 def run_one(name: str, scenario: Scenario, round_no: int, base: Path | None) -> RunResult:
-    peer = peers.make_peer(name, base)
+    destination = RelayDestination() if scenario.relay else None
+    peer = peers.make_peer(name, base, relayhost=destination.port if destination else None)
     try:
+        if destination is not None:
+            destination.start()
         peer.start()
-        result = load.run_load(peer, scenario, round_no)
+        result = load.run_load(peer, scenario, round_no, destination=destination)
         if result.error:
             tail = peer.log_tail(3)
             result.error += f"; log: {tail}" if tail else ""
-        return result
     except PeerError as exc:
-        return RunResult(scenario.name, name, round_no, error=f"start failed: {exc}")
+        result = RunResult(scenario.name, name, round_no, error=f"start failed: {exc}")
     finally:
         peers.discard(peer)
+        if destination is not None:
+            destination.stop()  # after the peer: its cached connections have ended too
+    if destination is not None:
+        result.relay_sessions = destination.peer_sessions
+        if result.error and destination.other_output:
+            result.error += f"; smtp-sink: {destination.describe_output()}"
+    return result
 
 
-def progress(r: RunResult, rounds: int) -> str:
+def progress(r: RunResult, rounds: int, relay: bool = False) -> str:
     head = f"round {r.round}/{rounds}  {r.scenario:<13} {r.peer:<10}"
     if r.accepted_rate is None:
         return f"{head}  FAILED: {r.error}"
     p50 = report.percentile(r.latencies_ms, 50)
     p99 = report.percentile(r.latencies_ms, 99)
     e2e = f"{r.e2e_rate:8.1f}" if r.e2e_rate is not None else "     n/a"
-    text = (f"{head}  accepted {r.accepted_rate:8.1f} msg/s  e2e {e2e} msg/s  "
+    text = (f"{head}  accepted {r.accepted_rate:8.1f} msg/s  "
+            f"{'relayed' if relay else 'e2e'} {e2e} msg/s  "
             f"p50 {p50 or 0:6.2f} ms  p99 {p99 or 0:6.2f} ms (n={len(r.latencies_ms)})  "
             f"peak RSS {r.peak_rss_kb / 1024:6.1f} MB")
+    if r.relay_sessions is not None:
+        text += f"  connections to smtp-sink {r.relay_sessions}"
     return text + (f"  ERROR: {r.error}" if r.error else "")
 
 
@@ -179,11 +193,20 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     all_scenarios = load.scenarios(args.quick)
     comparative = {n: s for n, s in all_scenarios.items() if n in args.scenarios}
+    skipped: dict[str, str] = {}
+    relay_why = RelayDestination.unavailable()
+    if relay_why:
+        for name in [n for n, s in comparative.items() if s.relay]:
+            del comparative[name]
+            skipped[name] = relay_why
+            say(f"{name}: skipped: {relay_why}")
     extras_wanted = [n for n in load.EXTRA_SCENARIOS if n in args.scenarios]
-    needed = list(args.peer_list) if comparative else []
+    # a peer is checked only if some chosen scenario runs it (relay ones: RELAY_PEERS)
+    needed = [p for p in args.peer_list
+              if any(not s.relay or p in RELAY_PEERS for s in comparative.values())]
     if extras_wanted and "postwright" not in needed and "postwright" in args.peer_list:
         needed.append("postwright")
-    active, skipped = [], {}
+    active = []
     for name in needed:
         why = preflight(name, args.tmpdir, info)
         if why:
@@ -200,9 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         order = lineup[turn:] + lineup[:turn]
         for scenario in comparative.values():
             for name in order:
+                if scenario.relay and name not in RELAY_PEERS:
+                    continue  # aiosmtpd stores and forwards nothing
                 result = run_one(name, scenario, round_no, args.tmpdir)
                 results.append(result)
-                say(progress(result, args.rounds))
+                say(progress(result, args.rounds, scenario.relay))
     extras: list[dict[str, object]] = []
     for name in extras_wanted:
         if "postwright" not in active:

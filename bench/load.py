@@ -5,7 +5,9 @@ One call of :func:`run_load` is one (scenario, peer, round) measurement:
 * accepted rate: messages / wall time of the ``smtp-source`` process;
 * end-to-end rate: messages / time from the start of ``smtp-source`` until every message
   (times its recipients, plus the probe's messages) is a file in a ``new/`` directory of the
-  peer's Maildir tree, polled every 50 ms once smtp-source has exited;
+  peer's Maildir tree, polled every 50 ms once smtp-source has exited; in a relay scenario
+  (recipients in ``relay.test``), until the relay destination (smtp-sink) has counted that
+  many messages, the *relayed* rate;
 * latency: our own SMTP client on one extra connection, timing each message from the
   moment it sends the final ``CRLF.CRLF`` (RFC 5321 section 4.1.1.4) to the 250 line;
 * memory: every 100 ms, the sum of VmRSS (and of Pss) over the peer's processes; the peak.
@@ -25,19 +27,22 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .peers import DOMAIN, PROBE_LOCAL, Peer
+from .destination import RelayDestination
+from .peers import DOMAIN, PROBE_LOCAL, RELAY_DOMAIN, Peer
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SENDER = "sender@source.test"
-RECIPIENT = f"user@{DOMAIN}"
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One smtp-source workload. ``reuse`` = many messages per connection (smtp-source -d)."""
+    """One smtp-source workload. ``reuse`` = many messages per connection (smtp-source -d);
+    ``relay`` = recipients (the probe's too) in RELAY_DOMAIN, which the peer passes on to a
+    relay destination instead of storing."""
 
     name: str
     messages: int
@@ -45,11 +50,17 @@ class Scenario:
     sessions: int = 20
     recipients: int = 1
     reuse: bool = True
+    relay: bool = False
+
+    @property
+    def domain(self) -> str:
+        """The recipients' domain."""
+        return RELAY_DOMAIN if self.relay else DOMAIN
 
     def smtp_source_argv(self, port: int) -> list[str]:
         argv = [SMTP_SOURCE, "-s", str(self.sessions), "-m", str(self.messages),
                 "-l", str(self.size), "-r", str(self.recipients), "-f", SENDER,
-                "-t", RECIPIENT, "-M", f"client.{DOMAIN}"]
+                "-t", f"user@{self.domain}", "-M", f"client.{DOMAIN}"]
         if self.reuse:
             argv.append("-d")  # smtp-source's -d: don't disconnect after each message
         return [*argv, f"127.0.0.1:{port}"]
@@ -58,7 +69,11 @@ class Scenario:
         size = f"{self.size // 1000} kB" if self.size >= 10_000 else f"{self.size} B"
         rcpt = f", {self.recipients} rcpt" if self.recipients > 1 else ""
         conn = "many msg/conn" if self.reuse else "1 msg/conn"
-        return f"{self.messages} × {size}{rcpt}, {self.sessions} sessions, {conn}"
+        text = f"{self.messages} × {size}{rcpt}, {self.sessions} sessions, {conn}"
+        if self.relay:
+            text += (f", to user@{self.domain} relayed to smtp-sink; end-to-end = relayed "
+                     "(aiosmtpd n/a: it relays nothing)")
+        return text
 
 
 def scenarios(quick: bool) -> dict[str, Scenario]:
@@ -69,6 +84,7 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
         Scenario("one-per-conn", 150 if q else 4000, 2000, reuse=False),
         Scenario("100k", 60 if q else 2000, 100_000),
         Scenario("100-rcpt", 10 if q else 300, 2000, recipients=100),
+        Scenario("relay", 150 if q else 4000, 2000, relay=True),
     )}
 
 
@@ -86,8 +102,9 @@ class RunResult:
     accepted_rate: float | None = None
     e2e_seconds: float | None = None
     e2e_rate: float | None = None
-    expected_files: int | None = None
+    expected_files: int | None = None  # Maildir files, or (relay) messages at smtp-sink
     delivered_files: int | None = None
+    relay_sessions: int | None = None  # relay: connections the peer opened to smtp-sink
     latencies_ms: list[float] = field(default_factory=list)
     probe_errors: int = 0
     peak_rss_kb: int = 0
@@ -233,9 +250,11 @@ class SmtpClient:
 class LatencyProbe(threading.Thread):
     """One extra connection during the load: a message, a pause of ``interval``, again."""
 
-    def __init__(self, port: int, size: int, interval: float = 0.01, limit: int = 2000) -> None:
+    def __init__(self, port: int, size: int, interval: float = 0.01, limit: int = 2000,
+                 domain: str = DOMAIN) -> None:
         super().__init__(daemon=True)
         self.port = port
+        self.recipient = f"{PROBE_LOCAL}@{domain}"
         self.body = probe_body(size)
         self.interval = interval
         self.limit = limit
@@ -251,7 +270,7 @@ class LatencyProbe(threading.Thread):
             try:
                 if client is None:
                     client = SmtpClient(self.port, timeout=30)
-                _, latency = client.send_message(f"{PROBE_LOCAL}@{DOMAIN}", self.body)
+                _, latency = client.send_message(self.recipient, self.body)
                 self.samples_ms.append(latency * 1000)
                 self.delivered += 1
             except (OSError, ConnectionError, ValueError) as exc:
@@ -272,11 +291,15 @@ class LatencyProbe(threading.Thread):
 
 
 def run_load(peer: Peer, scenario: Scenario, round_no: int, *,
+             destination: RelayDestination | None = None,
              e2e_timeout: float = 300.0, source_timeout: float = 900.0) -> RunResult:
-    """One measurement against a freshly started ``peer``."""
+    """One measurement against a freshly started ``peer``; for a relay scenario,
+    ``destination`` is the running relay host the peer was configured with."""
+    if scenario.relay and destination is None:
+        raise ValueError(f"scenario {scenario.name!r} needs a relay destination")
     result = RunResult(scenario.name, peer.name, round_no)
     sampler = MemorySampler(peer)
-    probe = LatencyProbe(peer.port, scenario.size)
+    probe = LatencyProbe(peer.port, scenario.size, domain=scenario.domain)
     sampler.start()
     probe.start()
     t0 = time.perf_counter()
@@ -300,20 +323,29 @@ def run_load(peer: Peer, scenario: Scenario, round_no: int, *,
         return result
     result.accepted_seconds = t_accepted
     result.accepted_rate = scenario.messages / t_accepted
-    if peer.mail_root is not None:
-        expected = scenario.messages * scenario.recipients + probe.delivered
+    counter: Callable[[], int] | None = None
+    if scenario.relay and destination is not None:
+        counter, what = (lambda: destination.received), "messages relayed"
+    elif peer.mail_root is not None:
+        root = peer.mail_root
+        counter, what = (lambda: count_delivered(root)), "files delivered"
+    if counter is not None:
+        # the probe's messages go the same way as smtp-source's; a Maildir gets a file per
+        # recipient, smtp-sink counts transactions (all recipients are in one domain)
+        per_message = 1 if scenario.relay else scenario.recipients
+        expected = scenario.messages * per_message + probe.delivered
         result.expected_files = expected
         deadline = time.perf_counter() + max(30.0, min(e2e_timeout, 20 * t_accepted))
-        count = count_delivered(peer.mail_root)
+        count = counter()
         while count < expected and time.perf_counter() < deadline:
             time.sleep(0.05)
-            count = count_delivered(peer.mail_root)
+            count = counter()
         result.delivered_files = count
         if count >= expected:
             result.e2e_seconds = time.perf_counter() - t0
             result.e2e_rate = scenario.messages / result.e2e_seconds
         else:
-            result.error = f"only {count} of {expected} files delivered in time"
+            result.error = f"only {count} of {expected} {what} in time"
     sampler.finish()
     result.peak_rss_kb, result.peak_pss_kb = sampler.peak_rss_kb, sampler.peak_pss_kb
     if probe.errors:

@@ -10,6 +10,9 @@ Every peer gets its own temporary directory and its own free loopback port:
 * :class:`SinkPeer` runs an aiosmtpd ``Controller`` in a child process (``python -m
   bench.peers sink PORT``) whose handler answers ``250 OK`` and stores nothing.
 
+For the ``relay`` scenario postwright and Postfix are given a relay host (``relayhost``,
+loopback clients trusted to relay); what listens there is in ``destination.py``.
+
 What this module does not do: drive load or measure anything except which processes belong
 to a peer (:meth:`Peer.pids`). No RFC is implemented here; the servers speak RFC 5321.
 """
@@ -34,6 +37,8 @@ PROBE_LOCAL = "probe"
 POSTFIX = Path("/usr/sbin/postfix")
 POSTCONF = Path("/usr/sbin/postconf")
 PEER_NAMES = ("postwright", "postfix", "aiosmtpd")
+RELAY_PEERS = ("postwright", "postfix")  # the peers that can pass mail on
+RELAY_DOMAIN = "relay.test"  # neither peer's own domain: its mail goes to the relay host
 
 
 class PeerError(Exception):
@@ -153,13 +158,18 @@ class PostwrightPeer(Peer):
 
     name = "postwright"
 
-    def __init__(self, workdir: Path, limits: dict[str, int] | None = None) -> None:
+    def __init__(self, workdir: Path, limits: dict[str, int] | None = None,
+                 relayhost: int | None = None) -> None:
         super().__init__(workdir)
         self.data = workdir / "data"
         self.mail_root = self.data / "mail"
         self.config = workdir / "postwright.toml"
         wanted = {"max_connections_per_client": 1000, **(limits or {})}
         limit_lines = "".join(f"{k} = {v}\n" for k, v in sorted(wanted.items()))
+        relay_lines = "" if relayhost is None else (
+            # all remote mail to the smarthost; loopback clients may relay without AUTH
+            f'[delivery]\nrelayhost = "127.0.0.1:{relayhost}"\n')
+        trusted = "" if relayhost is None else 'trusted_networks = ["127.0.0.0/8"]\n'
         self.config.write_text(
             f'hostname = "pw.{DOMAIN}"\n'
             f'data_dir = "{self.data}"\n'
@@ -172,10 +182,12 @@ class PostwrightPeer(Peer):
             f'wildcard = ["{DOMAIN}"]\n'
             "[limits]\n"
             + limit_lines
+            + relay_lines
             + "[submission]\n"
             # the default (600 new connections a minute per client) throttles one-per-conn
             "connections_per_minute = 100000000\n"
-            "[log]\n"
+            + trusted
+            + "[log]\n"
             'level = "warning"\n'
         )
 
@@ -192,8 +204,10 @@ class SinkPeer(Peer):
         self._spawn([sys.executable, "-m", "bench.peers", "sink", str(self.port)])
 
 
-def _postfix_main_cf(root: Path, uid: int, gid: int) -> str:
-    return f"""\
+def _postfix_main_cf(root: Path, uid: int, gid: int, relayhost: int | None) -> str:
+    # [brackets]: no MX lookup, the address itself; concurrency limits stay at the defaults
+    relay = "" if relayhost is None else f"relayhost = [127.0.0.1]:{relayhost}\n"
+    return relay + f"""\
 compatibility_level = 3.6
 config_directory = {root}/etc
 queue_directory = {root}/spool
@@ -266,8 +280,9 @@ class PostfixPeer(Peer):
     name = "postfix"
     single_process = False
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, relayhost: int | None = None) -> None:
         super().__init__(workdir)
+        self.relayhost = relayhost
         self.etc = workdir / "etc"
         self.mail_root = workdir / "mail"
         self.log_path = workdir / "maillog"
@@ -295,7 +310,8 @@ class PostfixPeer(Peer):
         owner = pwd.getpwnam("postfix")
         os.chown(self.workdir / "data", owner.pw_uid, owner.pw_gid)
         os.chown(self.mail_root or self.workdir, uid, gid)
-        (self.etc / "main.cf").write_text(_postfix_main_cf(self.workdir, uid, gid))
+        main_cf = _postfix_main_cf(self.workdir, uid, gid, self.relayhost)
+        (self.etc / "main.cf").write_text(main_cf)
         (self.etc / "master.cf").write_text(
             f"127.0.0.1:{self.port} inet n - n - - smtpd\n" + _POSTFIX_SERVICES)
         # smtp-source's addresses: user, 2user .. 100user (-r 100) and our probe; anything
@@ -368,13 +384,17 @@ def unavailable(name: str) -> str | None:
     return None
 
 
-def make_peer(name: str, base: Path | None, limits: dict[str, int] | None = None) -> Peer:
-    """A new, not yet started peer with a fresh temporary directory under ``base``."""
+def make_peer(name: str, base: Path | None, limits: dict[str, int] | None = None,
+              relayhost: int | None = None) -> Peer:
+    """A new, not yet started peer with a fresh temporary directory under ``base``; with
+    ``relayhost`` (a loopback port) it passes all remote mail there (RELAY_PEERS only)."""
+    if relayhost is not None and name not in RELAY_PEERS:
+        raise ValueError(f"peer {name!r} cannot relay")
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=base))
     if name == "postwright":
-        return PostwrightPeer(workdir, limits)
+        return PostwrightPeer(workdir, limits, relayhost)
     if name == "postfix":
-        return PostfixPeer(workdir)
+        return PostfixPeer(workdir, relayhost)
     if name == "aiosmtpd":
         return SinkPeer(workdir)
     raise ValueError(f"unknown peer {name!r}")
