@@ -67,7 +67,7 @@ class App:
             relayhost=delivery.relayhost_address,
             relay_credentials=(delivery.relay_username, delivery.relay_password)
             if delivery.relay_username else None,
-            require_tls=frozenset(delivery.require_tls))
+            require_tls=frozenset(delivery.require_tls), dkim_dir=cfg.data_dir)
         self.manager = DeliveryManager(queue=self.queue, router=self.router,
                                        maildir=self.maildir, hostname=cfg.hostname,
                                        schedule=self.schedule, remote=self.remote,

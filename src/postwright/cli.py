@@ -349,6 +349,47 @@ COMMANDS: list[Registrar] = [register_check_config, register_user, register_serv
                              register_queue, register_send]
 
 
+# -- dkim --------------------------------------------------------------------------------
+
+def register_dkim(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("dkim", help="manage DKIM signing keys")
+    ops = parser.add_subparsers(dest="dkim_command", metavar="OPERATION", required=True)
+    keygen = ops.add_parser("keygen", parents=[common],
+                            help="make a signing key for a local domain and print its TXT "
+                                 "record in zone-file form")
+    keygen.add_argument("domain", metavar="DOMAIN")
+    keygen.add_argument("--selector", default="s1", help="DNS selector (default: s1)")
+    keygen.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa",
+                        help="rsa (2048 bits, the default) or ed25519")
+    keygen.add_argument("--force", action="store_true",
+                        help="replace the key of an existing selector")
+    keygen.set_defaults(func=cmd_dkim_keygen)
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from .policy.dkimkeys import KeyExistsError, check_selector, fold_domain, keygen
+
+    config = _config(args)
+    try:
+        domain = fold_domain(args.domain)
+        selector = check_selector(args.selector)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if domain not in config.domains.local:
+        raise CliError(f"{domain} is not a local domain (domains.local: "
+                       f"{', '.join(config.domains.local) or 'none'}; in {_source(config)})")
+    try:
+        _path, line = keygen(config.data_dir, domain, selector, args.algorithm,
+                             force=args.force)
+    except KeyExistsError as exc:
+        raise CliError(f"{exc} (--force replaces it)", EXIT_FAILURE) from None
+    print(line)
+    return EXIT_OK
+
+
+COMMANDS.append(register_dkim)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's --config is set only when given, so it does not reset a

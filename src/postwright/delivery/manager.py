@@ -158,7 +158,9 @@ class DeliveryManager:
             else:
                 lock = self._destinations.setdefault(domain, asyncio.Semaphore(
                     self.per_destination))
-                async with self._slots, lock:
+                # The destination first: a task waiting for a busy domain must not hold
+                # one of the global session slots meanwhile.
+                async with lock, self._slots:
                     await self.remote.deliver_domain(domain, jobs, self.queue.open_body)
         except Exception as exc:
             log.exception("remote delivery crashed", extra={"event": "error", "domain": domain})

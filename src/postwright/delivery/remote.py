@@ -16,11 +16,14 @@ import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO, cast
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from ..message.trace import received_header
 from ..net.smtpclient import DEFAULT_TIMEOUTS, SmtpClient, SmtpFailure, Timeouts
+from ..policy.dkim import DkimError, author_domain, sign
+from ..policy.dkimkeys import DkimKeyError, signing_key
 from ..protocol.params import xtext_encode
 from ..protocol.reply import Reply
 from ..protocol.sasl_client import LoginClient, PlainClient, SaslClient
@@ -30,6 +33,9 @@ from .mx import Candidate, DnsLookup, NoRoute, plan_route
 log = logging.getLogger("postwright.delivery")
 
 _INLINE_MAX = 1 << 20
+_SIGN_MAX = 40 << 20  # messages up to this size are read whole to be signed
+# Where mail comes from that we sign: our own users and local submission, not relayed MX mail.
+_SIGNED_ORIGINS = frozenset({"submission", "submissions", "local"})
 
 
 @dataclass
@@ -60,8 +66,9 @@ class RemoteDelivery:
                  relay_credentials: tuple[str, str] | None = None,
                  require_tls: frozenset[str] = frozenset(),
                  timeouts: Timeouts = DEFAULT_TIMEOUTS, messages_per_connection: int = 100,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, dkim_dir: Path | None = None) -> None:
         self.resolver = resolver
+        self.dkim_dir = dkim_dir  # data_dir: keys under data_dir/dkim (None: never sign)
         self.hostname = hostname
         self.port = port
         self.relayhost = relayhost
@@ -85,16 +92,25 @@ class RemoteDelivery:
             return
         last = "4.4.1 no host could be reached"
         for candidate in route.candidates:
-            waiting = [job for job in jobs if not job.done]
-            if not waiting:
+            # A host that took its share of messages on one connection gets another one for
+            # the rest: the per-connection limit is no reason to defer them.
+            while waiting := [job for job in jobs if not job.done]:
+                stopped = await self._try_host(domain, candidate, waiting, open_body)
+                if stopped is not None:
+                    last = stopped
+                    break
+            else:
                 return
-            last = await self._try_host(domain, candidate, waiting, open_body) or last
         for job in jobs:
             _settle(job, RecipientResult("deferred", last))
 
     async def _try_host(self, domain: str, cand: Candidate, jobs: list[Job],
                         open_body: Callable[[str], BinaryIO]) -> str | None:
-        """Deliver what this host takes; returns the reason it stopped, if it did."""
+        """Deliver what this host takes on one connection; returns why it failed, if it did.
+
+        None means the session went well: every job in ``jobs`` has its results, or the
+        per-connection message limit was reached with some of them done.
+        """
         where = f"{cand.host}[{cand.ip}]:{cand.port}"
         try:
             client = await SmtpClient.connect(cand.ip, cand.port, local_hostname=self.hostname,
@@ -120,7 +136,7 @@ class RemoteDelivery:
                 await self._send(client, job, where, open_body)
                 sent += 1
             await client.quit()
-            return None if all(job.done for job in jobs) else "4.4.2 connection limit reached"
+            return None if sent else "4.4.2 no message sent on the connection"
         except SmtpFailure as exc:
             client.close()
             return _why(exc.reply, where, "session")
@@ -138,6 +154,23 @@ class RemoteDelivery:
             return "LOGIN", LoginClient(user, password)
         raise SmtpFailure(Reply(454, "4.7.0", "relay host offers no AUTH mechanism we use"))
 
+    def _signature(self, qid: str, message: bytes) -> bytes:
+        """A DKIM-Signature for the author's domain when we hold a key for it (RFC 6376)."""
+        assert self.dkim_dir is not None
+        domain = author_domain(message)
+        if domain is None:
+            return b""
+        try:
+            key = signing_key(self.dkim_dir, domain)
+            if key is None:
+                return b""
+            return sign(message, domain=key.domain, selector=key.selector,
+                        key=key.private_key)
+        except (DkimError, DkimKeyError) as exc:
+            log.warning("not signed", extra={"event": "dkim", "id": qid, "domain": domain,
+                                             "reason": str(exc)})
+            return b""
+
     async def _send(self, client: SmtpClient, job: Job, where: str,
                     open_body: Callable[[str], BinaryIO]) -> None:
         env = job.msg.envelope
@@ -151,9 +184,11 @@ class RemoteDelivery:
             hostname=self.hostname, protocol=env.extra.get("protocol", "ESMTP"),
             queue_id=job.msg.id, recipient=only, tls=env.extra.get("tls"),
             when=env.received_at)
-        if job.msg.size <= _INLINE_MAX:
+        sign = self.dkim_dir is not None and env.listener in _SIGNED_ORIGINS
+        if job.msg.size <= _INLINE_MAX or (sign and job.msg.size <= _SIGN_MAX):
             with open_body(job.msg.id) as f:
-                body = trace + f.read()
+                raw = f.read()
+            body = trace + (self._signature(job.msg.id, raw) if sign else b"") + raw
             eight_bit = not body.isascii()
         else:
             body = cast(BinaryIO, _Prefixed(trace, open_body(job.msg.id)))

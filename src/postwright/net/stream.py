@@ -129,10 +129,18 @@ class Stream(asyncio.Protocol):
         return (str(obj.version()), str(cipher[0]) if cipher else "")
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> None:
-        """Upgrade this connection in place (STARTTLS, RFC 3207)."""
+        """Upgrade this connection in place (STARTTLS, RFC 3207).
+
+        From the moment the TLS layer takes the transport, input is decrypted: it is held
+        back (not given to the sink) until the caller re-attaches a sink once the core knows
+        TLS is up. Some event loops deliver the first decrypted bytes before ``start_tls``
+        returns; without the hold they would reach a core still waiting for the handshake.
+        Plaintext that came before this call went to the old sink, which discards it.
+        """
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         self._early.clear()
+        self.sink = None  # no await between this and start_tls taking the transport
         new = await loop.start_tls(self.transport, self, context, server_side=True,
                                    ssl_handshake_timeout=timeout)
         if new is None:

@@ -351,6 +351,7 @@ class InboundSession:
                         extra={"event": "reject", "client": self.client,
                                "bytes": self.conn.discarded_after_starttls})
         self.conn.tls_established()
+        self.stream.attach(self.conn.receive_data)  # input held during the upgrade
         self._clear()
         self.account = None
 
