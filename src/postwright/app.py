@@ -67,7 +67,8 @@ class App:
             relayhost=delivery.relayhost_address,
             relay_credentials=(delivery.relay_username, delivery.relay_password)
             if delivery.relay_username else None,
-            require_tls=frozenset(delivery.require_tls), dkim_dir=cfg.data_dir)
+            require_tls=frozenset(delivery.require_tls), dkim_dir=cfg.data_dir,
+            cache_time=delivery.connection_cache_time)
         self.manager = DeliveryManager(queue=self.queue, router=self.router,
                                        maildir=self.maildir, hostname=cfg.hostname,
                                        schedule=self.schedule, remote=self.remote,

@@ -130,6 +130,8 @@ class DeliveryConfig:
     delay_warning: float = _key(14400.0, "seconds before a 'delayed' DSN; 0 = never", 0)
     concurrency: int = _key(20, "simultaneous outbound SMTP sessions", 1)
     per_destination: int = _key(5, "simultaneous sessions to one destination domain", 1)
+    connection_cache_time: float = _key(
+        5.0, "seconds an idle outbound connection is kept for the next message; 0 = off", 0)
     require_tls: tuple[str, ...] = _key(
         (), "domains whose mail is never sent without STARTTLS (\"*\" with a relayhost: all)")
     relay_username: str = _key("", "AUTH user name for the relayhost; \"\" = no AUTH")

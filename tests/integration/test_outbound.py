@@ -540,7 +540,8 @@ def test_one_session_per_destination(make_server: MakeServer, dns: DnsServer,
                                      port: int) -> None:
     # Each session lasts a second (the greeting waits), so later messages queue up behind it.
     receiver = make_receiver(make_server, port, "[limits]\ngreeting_delay = 1.0\n")
-    sender = make_sender(make_server, dns, port, per_destination=1)
+    # No connection cache, so each batch needs a session of its own.
+    sender = make_sender(make_server, dns, port, per_destination=1, connection_cache_time=0)
     procs = []
     for i in range(4):
         procs.append(start_send(sender, f"p{i}@remote.test"))
@@ -561,7 +562,8 @@ def test_a_busy_destination_leaves_slots_for_others(make_server: MakeServer, dns
     dns.set("other.test", "MX", "10 sink.remote.test.")
     sinks(SINK_IP, port)
     make_receiver(make_server, port, "[limits]\ngreeting_delay = 2.0\n")
-    sender = make_sender(make_server, dns, port, per_destination=1, concurrency=2)
+    sender = make_sender(make_server, dns, port, per_destination=1, concurrency=2,
+                         connection_cache_time=0)
     procs = []
     for rcpt in ("a1@remote.test", "a2@remote.test", "a3@remote.test", "b@other.test"):
         procs.append(start_send(sender, rcpt))
@@ -668,3 +670,15 @@ def test_a_bounce_is_never_bounced(make_server: MakeServer, dns: DnsServer,
     assert [e["id"] for e in sender.events("failed")] == [qid, notice]
     assert dns.queries[("nowhere.test", "MX")] == 1
     assert sender.messages(ALICE) == []
+
+
+def test_cached_connection_carries_later_batches(make_server: MakeServer, dns: DnsServer,
+                                                 port: int) -> None:
+    """Messages queued one after another, each its own batch, share one cached session."""
+    receiver = make_receiver(make_server, port)
+    sender = make_sender(make_server, dns, port, connection_cache_time=30)
+    for i in range(5):
+        finish_send(start_send(sender, f"c{i}@remote.test"))
+        receiver.wait_messages(f"c{i}@remote.test", 1)
+    assert len(receiver.events("connect")) == 1
+    wait_empty(sender)

@@ -89,6 +89,8 @@ class DeliveryManager:
             _done, pending = await asyncio.wait(set(self._remote_tasks), timeout=10)
             for task in pending:
                 task.cancel()
+        if self.remote is not None:
+            await self.remote.close()
 
     async def deliver(self, qid: str) -> None:
         await self.deliver_batch([qid])

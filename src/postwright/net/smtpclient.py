@@ -87,6 +87,15 @@ class SmtpClient:
         return client
 
     @property
+    def usable(self) -> bool:
+        """Idle and still open: nothing arrived unasked (a 421, an EOF) since the last reply."""
+        if self.writer.is_closing() or self.reader.at_eof() or self.conn.pending:
+            return False
+        # Bytes waiting while no reply is owed mean the server spoke on its own (a 421
+        # before closing, typically): the connection is not to be trusted.
+        return not getattr(self.reader, "_buffer", b"")
+
+    @property
     def peer(self) -> str:
         peer = self.writer.get_extra_info("peername")
         return str(peer[0]) if peer else ""
