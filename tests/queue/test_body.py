@@ -51,3 +51,17 @@ def test_write_errors_surface_at_commit(tmp_path: Path) -> None:
     assert body.size == 6
     with pytest.raises(QueueError, match="writing the body failed"):
         body.take_inline()
+
+
+def test_read_all_gives_the_content_inline_and_spilled(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    small = BodyWriter(tmp_path / "in", 1024)
+    small.write(b"abc")
+    assert small.read_all(10) == b"abc" and small.read_all(2) is None
+    big = BodyWriter(tmp_path / "in", 16)
+    for i in range(10):
+        big.write(b"%02d-456789" % i)
+    assert big.spilled
+    assert big.read_all(1000) == b"".join(b"%02d-456789" % i for i in range(10))
+    big.discard()
+    small.discard()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..envelope import Envelope
 from ..errors import QueueError
-from ..message.trace import received_header
+from ..message.trace import received_header, stored_header
 from ..protocol.address import AddressError, parse_mailbox
 from ..queue import QueuedMessage, QueueStore, RecipientResult, RetrySchedule
 from .bounce import bounce
@@ -255,7 +255,9 @@ class DeliveryManager:
             body: bytes | None = None
             for i in due:
                 address = msg.recipients[i].recipient.address
-                header = self._received(msg.id, msg.envelope, address)
+                # Our trace header, then the verdict of the inbound checks (RFC 8601), if any.
+                header = (self._received(msg.id, msg.envelope, address)
+                          + stored_header(msg.envelope.extra.get("authres")))
                 try:
                     if msg.size > _INLINE_MAX:
                         chunks: Iterable[bytes] = _streamed(header, self.queue, msg.id)
@@ -267,7 +269,8 @@ class DeliveryManager:
                 except OSError as exc:
                     results[i] = RecipientResult("deferred", f"4.3.0 queue read failed: {exc}")
                     continue
-                items.append(DeliveryItem(address, chunks, msg.envelope.sender, address))
+                items.append(DeliveryItem(address, chunks, msg.envelope.sender, address,
+                                          folder=msg.envelope.extra.get("folder") or None))
                 slots.append((pos, i))
         for (pos, i), result in zip(slots, self.maildir.deliver_batch(items), strict=True):
             if isinstance(result, Path):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from ..errors import LocalProtocolError, RemoteProtocolError
-from ..message.trace import received_header
+from ..message.trace import received_header, stored_header
 from ..net.smtpclient import DEFAULT_TIMEOUTS, SmtpClient, SmtpFailure, Timeouts
 from ..policy.dkim import DkimError, author_domain, sign
 from ..policy.dkimkeys import DkimKeyError, signing_key
@@ -261,7 +261,7 @@ class RemoteDelivery:
             helo=env.helo, client_address=env.client_address, client_name=None,
             hostname=self.hostname, protocol=env.extra.get("protocol", "ESMTP"),
             queue_id=job.msg.id, recipient=only, tls=env.extra.get("tls"),
-            when=env.received_at)
+            when=env.received_at) + stored_header(env.extra.get("authres"))
         sign = self.dkim_dir is not None and env.listener in _SIGNED_ORIGINS
         if job.msg.size <= _INLINE_MAX or (sign and job.msg.size <= _SIGN_MAX):
             with open_body(job.msg.id) as f:

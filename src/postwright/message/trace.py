@@ -138,3 +138,9 @@ def _path_text(text: str, *, utf8: bool) -> str:
         text = text[1:-1]
     kept = "".join(ch for ch in text if ch == " " or _allowed(ch, utf8=utf8))
     return _clip(kept, _PATH_LIMIT)
+
+
+def stored_header(value: str | None) -> bytes:
+    """A header kept unfolded in the envelope (an envelope field holds no CR or LF), as a
+    field ready to prepend: CRLF-terminated, or nothing."""
+    return (value + "\r\n").encode("utf-8") if value else b""

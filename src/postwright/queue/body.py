@@ -67,10 +67,30 @@ class BodyWriter:
     def _spill(self) -> None:
         assert self._buffer is not None
         path = self._incoming / f"{secrets.token_hex(12)}.tmp"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.path = path
         buffered, self._buffer = self._buffer, None
         _write_all(self._fd, buffered)
+
+    def read_all(self, limit: int) -> bytes | None:
+        """The content written so far when it is at most ``limit`` octets, else None.
+
+        For checks that need the whole message before it is committed (DKIM, DMARC); it
+        reads a spilled body back from its file and changes nothing.
+        """
+        if self._state != "open" or self._error is not None or self._size > limit:
+            return None
+        if self._buffer is not None:
+            return bytes(self._buffer)
+        parts = []
+        offset = 0
+        while offset < self._size:
+            chunk = os.pread(self._fd, self._size - offset, offset)
+            if not chunk:
+                return None
+            parts.append(chunk)
+            offset += len(chunk)
+        return b"".join(parts)
 
     def take_inline(self) -> bytes | None:
         """Start committing: the inline bytes, or None when the body is in a file."""
