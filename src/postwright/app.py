@@ -31,7 +31,7 @@ from .policy.throttle import AuthThrottle, ConnectionRate
 from .protocol.sasl import SaslServer
 from .protocol.server import ServerSettings
 from .queue import QueueStore, RetrySchedule
-from .server.session import Role, Services, serve_connection
+from .server.session import AuthChecks, Role, Services, serve_connection
 
 log = logging.getLogger("postwright.app")
 
@@ -98,6 +98,10 @@ class App:
             if sub.connections_per_minute else None,
             trusted_networks=tuple(ipaddress.ip_network(n) for n in sub.trusted_networks),
             sender_policy=sub.sender_policy, greeting_delay=lim.greeting_delay,
+            auth_checks=AuthChecks(self.resolver, cfg.authentication.dmarc_reject,
+                                   cfg.authentication.dmarc_quarantine,
+                                   cfg.authentication.max_size)
+            if cfg.authentication.checks else None,
         )
         base = ServerSettings(
             hostname=cfg.hostname, max_message_size=lim.max_message_size,

@@ -176,6 +176,21 @@ class SubmissionConfig:
         0)
 
 
+AUTH_ACTIONS = ("reject", "quarantine", "mark")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthenticationConfig:
+    """``[authentication]``: inbound SPF, DKIM and DMARC on the smtp listener."""
+
+    checks: bool = _key(True, "check SPF, DKIM and DMARC on the smtp listener "
+                              "(the embedded defaults turn it off: localhost.test has no DNS)")
+    dmarc_reject: str = _key("reject", "what p=reject does: reject (550 5.7.1) | quarantine "
+                                       "(.Junk folder) | mark (header only)")
+    dmarc_quarantine: str = _key("quarantine", "what p=quarantine does: quarantine | mark")
+    max_size: int = _key(10485760, "larger messages get SPF only (no DKIM, no DMARC)", 0)
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     """``[log]``."""
@@ -202,6 +217,7 @@ class Config:
     delivery: DeliveryConfig = DeliveryConfig()
     queue: QueueConfig = QueueConfig()
     submission: SubmissionConfig = SubmissionConfig()
+    authentication: AuthenticationConfig = AuthenticationConfig()
     log: LogConfig = LogConfig()
     source: Path | None = None
 
@@ -546,6 +562,24 @@ def _read_submission(table: _Table) -> SubmissionConfig:
                             **numbers)
 
 
+def _read_authentication(table: _Table, default_checks: bool) -> AuthenticationConfig:
+    checks = table.take("checks")
+    if checks is _MISSING:
+        checks = default_checks
+    elif not isinstance(checks, bool):
+        raise ConfigError(table.key("checks"), f"must be true or false, not {_kind(checks)}")
+    reject = table.string("dmarc_reject", "reject")
+    if reject not in AUTH_ACTIONS:
+        raise ConfigError(table.key("dmarc_reject"), f"must be one of {', '.join(AUTH_ACTIONS)}")
+    quarantine = table.string("dmarc_quarantine", "quarantine")
+    if quarantine not in ("quarantine", "mark"):
+        raise ConfigError(table.key("dmarc_quarantine"), "must be quarantine or mark")
+    numbers = table.numbers(AuthenticationConfig)
+    table.finish()
+    return AuthenticationConfig(checks=checks, dmarc_reject=reject,
+                                dmarc_quarantine=quarantine, **numbers)
+
+
 def _read_log(table: _Table) -> LogConfig:
     level = table.string("level", LogConfig().level)
     if level not in LOG_LEVELS:
@@ -575,11 +609,13 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path,
     delivery = _read_delivery(top.table("delivery"))
     queue = _flat(top.table("queue"), QueueConfig)
     submission = _read_submission(top.table("submission"))
+    authentication = _read_authentication(top.table("authentication"), default_checks=True)
     log = _read_log(top.table("log"))
     top.finish()
     return Config(hostname=hostname, data_dir=data_dir, listen=listen, tls=tls,
                   domains=domains, aliases=aliases, limits=limits, dns=dns,
-                  delivery=delivery, queue=queue, submission=submission, log=log,
+                  delivery=delivery, queue=queue, submission=submission,
+                  authentication=authentication, log=log,
                   source=source)
 
 
@@ -597,7 +633,9 @@ def load_config(path: str | None = None) -> Config:
     chosen = path or os.environ.get(ENV_VAR) or None
     if chosen is None:
         # Developer friendliness: with no file, any address at localhost.test is a mailbox.
-        return parse_config({"domains": {"wildcard": [DEFAULT_HOSTNAME]}}, base_dir=Path.cwd())
+        # ... and no DNS checks of incoming mail, which would have nothing to ask.
+        return parse_config({"domains": {"wildcard": [DEFAULT_HOSTNAME]},
+                             "authentication": {"checks": False}}, base_dir=Path.cwd())
     file = Path(os.path.abspath(Path(chosen).expanduser()))
     try:
         text = file.read_bytes().decode("utf-8")
@@ -637,7 +675,8 @@ def dump_defaults() -> str:
         ("domains", DomainsConfig(wildcard=(host,))),
         ("aliases", None), ("limits", LimitsConfig()), ("dns", DnsConfig()),
         ("delivery", DeliveryConfig()), ("queue", QueueConfig()),
-        ("submission", SubmissionConfig()), ("log", LogConfig())]
+        ("submission", SubmissionConfig()),
+        ("authentication", AuthenticationConfig(checks=False)), ("log", LogConfig())]
     for section, defaults in sections:
         note = f"  # {_TOP_NOTES[section]}" if section in _TOP_NOTES else ""
         out += ["", f"[{section}]{note}"]

@@ -132,6 +132,9 @@ class Server:
             + "".join(f"{json.dumps(k, ensure_ascii=False)} = "
                       f"{json.dumps(list(v), ensure_ascii=False)}\n"
                       for k, v in (aliases if aliases is not None else ALIASES).items())
+            # Inbound SPF/DKIM/DMARC need DNS; tests that want them say [authentication]
+            # and bring a DnsServer (test_emailauth.py). Everyone else has no DNS to ask.
+            + ("" if "[authentication]" in extra else "[authentication]\nchecks = false\n")
             + extra
         )
         self.proc: subprocess.Popen[bytes] | None = None

@@ -1,11 +1,12 @@
-"""DNS lookups on the wire for mail routing: MX, addresses (AAAA and A) and TXT.
+"""DNS lookups on the wire for mail routing and sender checks: MX, A, AAAA, TXT and PTR.
 
 :class:`Resolver` wraps dnspython's asynchronous stub resolver, pointed at the configured
 nameservers (``[dns] nameservers``, each ``(host, port)``) or at the system's resolver, and
 turns its answers into small values: :class:`MxAnswer`, lists of address strings, lists of
-TXT strings. It tells the outcomes mail routing must keep apart: the name does not exist
-(NXDOMAIN, a permanent fact), the name has no records of that type (NODATA), and the lookup
-failed (SERVFAIL, timeout, no nameserver answered), which raises :class:`DnsTemporaryError`.
+TXT strings, lists of host names. It tells the outcomes mail routing must keep apart: the
+name does not exist (NXDOMAIN, a permanent fact), the name has no records of that type
+(NODATA), and the lookup failed (SERVFAIL, timeout, no nameserver answered), which raises
+:class:`DnsTemporaryError`.
 
 It does no routing decisions (``delivery.mx`` does), no DNSSEC validation, no search-list
 expansion (every name is taken as fully qualified) and no caching of its own (dnspython's
@@ -13,7 +14,8 @@ cache can be switched on with ``cache=True``).
 
 Covers RFC 1035 section 3.3.9 (MX) and 3.3.14 (TXT: the strings of one record are joined,
 as RFC 7208 section 3.3 and RFC 6376 section 3.6.2.2 read them), RFC 3596 (AAAA),
-RFC 7505 (null MX), RFC 2308 (NXDOMAIN versus NODATA).
+RFC 7505 (null MX), RFC 2308 (NXDOMAIN versus NODATA), RFC 1035 section 3.5 and RFC 3596
+section 2.5 (PTR names in in-addr.arpa and ip6.arpa).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ import dns.nameserver
 import dns.rdata
 import dns.rdatatype
 import dns.rdtypes.ANY.MX
+import dns.rdtypes.ANY.PTR
 import dns.rdtypes.ANY.TXT
 import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 import dns.resolver
+import dns.reversename
 
 from ..dnstypes import DnsTemporaryError, MxAnswer
 
@@ -148,4 +152,25 @@ class Resolver:
         for rdata in records or ():
             assert isinstance(rdata, dns.rdtypes.ANY.TXT.TXT)
             out.append(b"".join(rdata.strings).decode("utf-8", "replace"))
+        return out
+
+    async def a(self, name: str) -> list[str]:
+        """The IPv4 addresses of ``name``; [] if it has none or does not exist."""
+        return [r.to_text() for r in await self._lookup(name, dns.rdatatype.A) or ()]
+
+    async def aaaa(self, name: str) -> list[str]:
+        """The IPv6 addresses of ``name``; [] if it has none or does not exist."""
+        return [r.to_text() for r in await self._lookup(name, dns.rdatatype.AAAA) or ()]
+
+    async def ptr(self, address: str) -> list[str]:
+        """The host names (no trailing dot) the reverse tree gives for ``address``; []
+        if none. ValueError if ``address`` is not an IP address."""
+        try:
+            name = dns.reversename.from_address(address)
+        except (dns.exception.SyntaxError, ValueError) as exc:
+            raise ValueError(f"not an IP address: {address!r}") from exc
+        out: list[str] = []
+        for rdata in await self._lookup(name.to_text(), dns.rdatatype.PTR) or ():
+            assert isinstance(rdata, dns.rdtypes.ANY.PTR.PTR)
+            out.append(rdata.target.to_text(omit_final_dot=True))
         return out

@@ -20,6 +20,7 @@ from ..delivery.routing import Router
 from ..envelope import Envelope, Recipient
 from ..message.trace import with_protocol
 from ..net.stream import Stream
+from ..policy.emailauth import Lookups, check_message
 from ..policy.relay import relay_check
 from ..policy.sender import owns
 from ..policy.throttle import AuthThrottle, ConnectionRate
@@ -82,6 +83,7 @@ class Services:
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     sender_policy: str = "own"
     greeting_delay: float = 0.0
+    auth_checks: AuthChecks | None = None
 
     def is_trusted(self, client: str) -> bool:
         try:
@@ -91,6 +93,16 @@ class Services:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         return any(address in net for net in self.trusted_networks)
+
+
+@dataclass(frozen=True)
+class AuthChecks:
+    """Inbound SPF/DKIM/DMARC settings for the smtp listener."""
+
+    dns: Lookups
+    on_reject: str = "reject"
+    on_quarantine: str = "quarantine"
+    max_size: int = 10 << 20
 
 
 _OK = Reply(250, "2.0.0", "Ok")
@@ -293,6 +305,11 @@ class InboundSession:
         if body is None:
             body = self.services.queue.new_body()
         envelope = self._envelope()
+        if self.services.auth_checks is not None and self._checked_here():
+            checked = await self._authenticate(body, envelope)
+            if checked is None:
+                return
+            body, envelope = checked
         try:
             qid = await self.services.queue.commit(body, envelope, now=envelope.received_at)
         except Exception:
@@ -308,6 +325,43 @@ class InboundSession:
         self.send(Reply(250, "2.0.0", f"Ok: queued as {qid}"))
         self._clear()
         self.services.on_queued(qid)
+
+    def _checked_here(self) -> bool:
+        """SPF, DKIM and DMARC apply to mail from strangers on the MX listener."""
+        return (self.role.name == "smtp" and not self.trusted
+                and not self.conn.authenticated)
+
+    async def _authenticate(self, body: BodyWriter, envelope: Envelope
+                            ) -> tuple[BodyWriter, Envelope] | None:
+        """Run the inbound checks; None when the message was refused (reply sent)."""
+        settings = self.services.auth_checks
+        assert settings is not None
+        queue = self.services.queue
+        message = body.read_all(settings.max_size)
+        outcome = await check_message(
+            message, client_ip=self.client, helo=self.conn.helo, mail_from=envelope.sender,
+            authserv_id=self.services.hostname, dns=settings.dns,
+            on_reject=settings.on_reject, on_quarantine=settings.on_quarantine)
+        fields = {"event": "auth_check", "client": self.client, "action": outcome.action,
+                  **outcome.summary}
+        if outcome.reply is not None:
+            queue.discard(body)
+            log.info("message refused by authentication checks",
+                     extra={**fields, "event": "reject", "reply": str(outcome.reply)})
+            self.send(outcome.reply)
+            self._clear()
+            return None
+        log.info("authentication checks", extra=fields)
+        if outcome.stripped is not None:
+            # Incoming Authentication-Results claiming our authserv-id are forgeries.
+            queue.discard(body)
+            body = queue.new_body()
+            body.write(outcome.stripped)
+        extra = dict(envelope.extra)
+        extra["authres"] = outcome.header
+        if outcome.action == "quarantine":
+            extra["folder"] = "Junk"
+        return body, replace(envelope, extra=extra)
 
     def _envelope(self) -> Envelope:
         params = self.mail_params or MailParams()
