@@ -25,8 +25,10 @@ from .delivery.remote import RemoteDelivery
 from .delivery.routing import Router
 from .net.dns import Resolver
 from .net.listener import Listener
+from .net.mtasts_fetch import PolicyFetcher, verifying_context
 from .net.stream import Stream
 from .net.tls import ReloadableContext, ensure_self_signed
+from .policy.mtasts import MtaSts
 from .policy.throttle import AuthThrottle, ConnectionRate
 from .protocol.sasl import SaslServer
 from .protocol.server import ServerSettings
@@ -62,13 +64,16 @@ class App:
                              wildcard=cfg.domains.wildcard)
         self.maildir = MaildirDelivery(cfg.mail_dir, hostname=cfg.hostname)
         self.resolver = Resolver(cfg.dns.nameservers, timeout=cfg.dns.timeout)
+        verify = verifying_context(delivery.mta_sts_ca_file)
+        mta_sts = MtaSts(txt=self.resolver.txt, fetch=PolicyFetcher(
+            self.resolver, verify, port=delivery.mta_sts_port)) if delivery.mta_sts else None
         self.remote = RemoteDelivery(
             resolver=self.resolver, hostname=cfg.hostname, port=delivery.smtp_port,
             relayhost=delivery.relayhost_address,
             relay_credentials=(delivery.relay_username, delivery.relay_password)
             if delivery.relay_username else None,
             require_tls=frozenset(delivery.require_tls), dkim_dir=cfg.data_dir,
-            cache_time=delivery.connection_cache_time)
+            cache_time=delivery.connection_cache_time, mta_sts=mta_sts, verify_context=verify)
         self.manager = DeliveryManager(queue=self.queue, router=self.router,
                                        maildir=self.maildir, hostname=cfg.hostname,
                                        schedule=self.schedule, remote=self.remote,

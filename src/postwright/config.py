@@ -136,6 +136,13 @@ class DeliveryConfig:
         (), "domains whose mail is never sent without STARTTLS (\"*\" with a relayhost: all)")
     relay_username: str = _key("", "AUTH user name for the relayhost; \"\" = no AUTH")
     relay_password: str = _key("", "AUTH password for the relayhost")
+    mta_sts: bool = _key(True, "honour the recipient domain's MTA-STS policy (RFC 8461) "
+                               "when delivering by MX")
+    mta_sts_ca_file: str = _key(
+        "", "extra PEM CA bundle trusted for MTA-STS (policy host and MX certificates), "
+            "for private CAs and tests; \"\" = the system's CAs only")
+    mta_sts_port: int = _key(443, "HTTPS port of the mta-sts.<domain> policy host (tests)",
+                             1, 65535)
 
     @property
     def relayhost_address(self) -> HostPort | None:
@@ -508,7 +515,7 @@ def _read_dns(table: _Table) -> DnsConfig:
     return DnsConfig(nameservers=servers, **numbers)
 
 
-def _read_delivery(table: _Table) -> DeliveryConfig:
+def _read_delivery(table: _Table, base_dir: Path) -> DeliveryConfig:
     relayhost = table.string("relayhost", "")
     if relayhost:
         _parse_host_port(relayhost, table.key("relayhost"))
@@ -521,12 +528,23 @@ def _read_delivery(table: _Table) -> DeliveryConfig:
     if bool(user) != bool(password):
         raise ConfigError(table.key("relay_password" if user else "relay_username"),
                           "relay_username and relay_password go together")
+    mta_sts = table.take("mta_sts")
+    if mta_sts is _MISSING:
+        mta_sts = True
+    elif not isinstance(mta_sts, bool):
+        raise ConfigError(table.key("mta_sts"), f"must be true or false, not {_kind(mta_sts)}")
+    ca_file = table.string("mta_sts_ca_file", "")
+    if ca_file:  # relative to the config file, like every path
+        ca_file = str(_path(ca_file, table.key("mta_sts_ca_file"), base_dir))
+        if not Path(ca_file).is_file():
+            raise ConfigError(table.key("mta_sts_ca_file"), f"no such file: {ca_file}")
     numbers = table.numbers(DeliveryConfig)
     table.finish()
     if numbers["retry_max"] < numbers["retry_first"]:
         raise ConfigError(table.key("retry_max"), "must be at least delivery.retry_first")
     return DeliveryConfig(relayhost=relayhost, require_tls=require_tls, relay_username=user,
-                          relay_password=password, **numbers)
+                          relay_password=password, mta_sts=mta_sts,
+                          mta_sts_ca_file=ca_file, **numbers)
 
 
 def _read_submission(table: _Table) -> SubmissionConfig:
@@ -606,7 +624,7 @@ def parse_config(data: Mapping[str, Any], *, base_dir: Path,
     aliases = _read_aliases(top.table("aliases"), domains.local)
     limits = _flat(top.table("limits"), LimitsConfig)
     dns = _read_dns(top.table("dns"))
-    delivery = _read_delivery(top.table("delivery"))
+    delivery = _read_delivery(top.table("delivery"), base_dir)
     queue = _flat(top.table("queue"), QueueConfig)
     submission = _read_submission(top.table("submission"))
     authentication = _read_authentication(top.table("authentication"), default_checks=True)

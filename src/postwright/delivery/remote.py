@@ -4,8 +4,11 @@ For one destination domain it plans a route (MX by preference, implicit MX, null
 relay host), then tries the candidates in order, and over each connection it sends as many
 of the waiting messages as it can (connection reuse), pipelined when the server offers it.
 STARTTLS is used whenever offered (opportunistic, RFC 7435); for domains that require TLS a
-server that does not offer it gets nothing, the mail is deferred. Every recipient ends
-delivered, deferred (4xx, connection trouble, anything unexpected) or failed (5xx).
+server that does not offer it gets nothing, the mail is deferred. With MTA-STS (RFC 8461
+section 5) a domain's policy in mode ``enforce`` limits the MX hosts to its ``mx`` patterns
+and requires STARTTLS with a certificate valid for the MX host name, else 4.7.5; in mode
+``testing`` such failures are only logged. Every recipient ends delivered, deferred (4xx,
+connection trouble, anything unexpected) or failed (5xx).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..message.trace import received_header, stored_header
 from ..net.smtpclient import DEFAULT_TIMEOUTS, SmtpClient, SmtpFailure, Timeouts
 from ..policy.dkim import DkimError, author_domain, sign
 from ..policy.dkimkeys import DkimKeyError, signing_key
+from ..policy.mtasts import MtaSts, Policy
 from ..protocol.params import xtext_encode
 from ..protocol.reply import Reply
 from ..protocol.sasl_client import LoginClient, PlainClient, SaslClient
@@ -44,6 +48,11 @@ class _Cached:
     client: SmtpClient
     cand: Candidate
     timer: asyncio.TimerHandle
+    verified: bool = False  # TLS with a certificate valid for cand.host (MTA-STS)
+
+
+class _WouldFail(Exception):
+    """MTA-STS in mode testing: this session would have failed under enforce."""
 
 
 @dataclass
@@ -75,7 +84,8 @@ class RemoteDelivery:
                  require_tls: frozenset[str] = frozenset(),
                  timeouts: Timeouts = DEFAULT_TIMEOUTS, messages_per_connection: int = 100,
                  rng: random.Random | None = None, dkim_dir: Path | None = None,
-                 cache_time: float = 5.0) -> None:
+                 cache_time: float = 5.0, mta_sts: MtaSts | None = None,
+                 verify_context: ssl.SSLContext | None = None) -> None:
         self.resolver = resolver
         self.dkim_dir = dkim_dir  # data_dir: keys under data_dir/dkim (None: never sign)
         self.hostname = hostname
@@ -87,6 +97,8 @@ class RemoteDelivery:
         self.messages_per_connection = messages_per_connection
         self.rng = rng
         self.tls_context = opportunistic_context()
+        self.mta_sts = mta_sts  # None: no MTA-STS; never used with a relay host
+        self.verify_context = verify_context or ssl.create_default_context()
         self.connections_opened = 0
         self.cache_time = cache_time
         self._cache: dict[str, list[_Cached]] = {}
@@ -95,11 +107,16 @@ class RemoteDelivery:
     async def deliver_domain(self, domain: str, jobs: list[Job],
                              open_body: Callable[[str], BinaryIO]) -> None:
         """Fill in ``job.results`` for every recipient of every job."""
+        sts: Policy | None = None
+        if self.mta_sts is not None and self.relayhost is None:
+            sts = await self.mta_sts.policy(domain)
+        enforce = sts is not None and sts.mode == "enforce"
         # First the connections earlier deliveries to this domain left open (a connection
         # cache, as Postfix's scache): no new TCP, TLS and EHLO per batch. A cached
         # connection that fails costs nothing: its jobs go on to a fresh route below.
         while (waiting := [job for job in jobs if not job.done]) and (
-                cached := self._take_cached(self._cache_key(domain), domain)):
+                cached := self._take_cached(self._cache_key(domain), domain,
+                                            sts if enforce else None)):
             client, cand = cached
             await self._session(domain, cand, client, waiting, open_body, fresh=False)
         if all(job.done for job in jobs):
@@ -112,11 +129,21 @@ class RemoteDelivery:
                 _settle(job, RecipientResult(status, route.reply))
             return
         last = "4.4.1 no host could be reached"
-        for candidate in route.candidates:
+        candidates = route.candidates
+        if sts is not None:
+            allowed = [c for c in candidates if sts.allows(c.host)]
+            if len(allowed) < len(candidates):
+                outside = sorted({c.host for c in candidates if not sts.allows(c.host)})
+                _sts_warning(domain, sts, f"MX hosts not in the policy: {', '.join(outside)}")
+            if enforce:
+                candidates = allowed
+                last = (f"4.7.5 MTA-STS policy of {domain} allows none of its MX hosts "
+                        f"({', '.join(sorted({c.host for c in route.candidates}))})")
+        for candidate in candidates:
             # A host that took its share of messages on one connection gets another one for
             # the rest: the per-connection limit is no reason to defer them.
             while waiting := [job for job in jobs if not job.done]:
-                stopped = await self._try_host(domain, candidate, waiting, open_body)
+                stopped = await self._try_host(domain, candidate, waiting, open_body, sts)
                 if stopped is not None:
                     last = stopped
                     break
@@ -126,12 +153,30 @@ class RemoteDelivery:
             _settle(job, RecipientResult("deferred", last))
 
     async def _try_host(self, domain: str, cand: Candidate, jobs: list[Job],
-                        open_body: Callable[[str], BinaryIO]) -> str | None:
+                        open_body: Callable[[str], BinaryIO],
+                        sts: Policy | None = None) -> str | None:
         """Deliver what this host takes on one connection; returns why it failed, if it did.
 
         None means the session went well: every job in ``jobs`` has its results, or the
-        per-connection message limit was reached with some of them done.
+        per-connection message limit was reached with some of them done. Under an MTA-STS
+        policy in mode testing a certificate that does not verify is logged, and the host
+        is tried once more with opportunistic TLS.
         """
+        client_or_why = await self._connect(cand)
+        if isinstance(client_or_why, str):
+            return client_or_why
+        try:
+            return await self._session(domain, cand, client_or_why, jobs, open_body,
+                                       fresh=True, sts=sts)
+        except _WouldFail as exc:
+            assert sts is not None
+            _sts_warning(domain, sts, str(exc))
+        client_or_why = await self._connect(cand)
+        if isinstance(client_or_why, str):
+            return client_or_why
+        return await self._session(domain, cand, client_or_why, jobs, open_body, fresh=True)
+
+    async def _connect(self, cand: Candidate) -> SmtpClient | str:
         where = f"{cand.host}[{cand.ip}]:{cand.port}"
         try:
             client = await SmtpClient.connect(cand.ip, cand.port, local_hostname=self.hostname,
@@ -141,18 +186,36 @@ class RemoteDelivery:
         except (OSError, TimeoutError) as exc:
             return f"4.4.1 connect to {where} failed: {exc or type(exc).__name__}"
         self.connections_opened += 1
-        return await self._session(domain, cand, client, jobs, open_body, fresh=True)
+        return client
 
     async def _session(self, domain: str, cand: Candidate, client: SmtpClient, jobs: list[Job],
-                       open_body: Callable[[str], BinaryIO], *, fresh: bool) -> str | None:
+                       open_body: Callable[[str], BinaryIO], *, fresh: bool,
+                       sts: Policy | None = None) -> str | None:
         where = f"{cand.host}[{cand.ip}]:{cand.port}"
+        verified = False
         try:
             if fresh:
                 await client.hello()
-                if client.conn.supports("STARTTLS"):
+                if client.conn.supports("STARTTLS") and sts is not None:
+                    try:
+                        await client.starttls(self.verify_context, server_hostname=cand.host)
+                    except ssl.SSLCertVerificationError as exc:
+                        client.close()
+                        why = f"certificate of {where} not valid: {exc.verify_message}"
+                        if sts.mode != "enforce":
+                            raise _WouldFail(why) from None
+                        return f"4.7.5 MTA-STS policy of {domain}: {why}"[:400]
+                    verified = True
+                elif client.conn.supports("STARTTLS"):
                     await client.starttls(self.tls_context, server_hostname=cand.host)
-                elif domain in self.require_tls or (self.relayhost
-                                                    and "*" in self.require_tls):
+                elif sts is not None and sts.mode == "enforce":
+                    await client.quit()
+                    return f"4.7.5 MTA-STS policy of {domain} requires STARTTLS, {where} " \
+                           f"does not offer it"
+                elif sts is not None:
+                    _sts_warning(domain, sts, f"{where} does not offer STARTTLS")
+                if client.tls is None and (domain in self.require_tls or (self.relayhost
+                                                    and "*" in self.require_tls)):
                     await client.quit()
                     return f"4.7.10 TLS is required for {domain} but {where} does not offer it"
                 if self.relay_credentials is not None and self.relayhost is not None:
@@ -164,7 +227,7 @@ class RemoteDelivery:
                 await self._send(client, job, where, open_body)
                 sent += 1
             if client.messages_sent < self.messages_per_connection and self.cache_time > 0:
-                self._park(self._cache_key(domain), cand, client)
+                self._park(self._cache_key(domain), cand, client, verified)
             else:
                 await client.quit()
             return None if sent else "4.4.2 no message sent on the connection"
@@ -177,23 +240,29 @@ class RemoteDelivery:
             return f"4.4.2 conversation with {where} failed: {exc or type(exc).__name__}"
 
     # ---- connection cache ------------------------------------------------------------------
-    def _park(self, key: str, cand: Candidate, client: SmtpClient) -> None:
+    def _park(self, key: str, cand: Candidate, client: SmtpClient, verified: bool) -> None:
         loop = asyncio.get_running_loop()
         entry = _Cached(client, cand, loop.call_later(self.cache_time, self._expire, key,
-                                                      client))
+                                                      client), verified)
         self._cache.setdefault(key, []).append(entry)
 
     def _cache_key(self, domain: str) -> str:
         """Connections are shared per destination: the domain, or the one relay host."""
         return "[relayhost]" if self.relayhost is not None else domain
 
-    def _take_cached(self, key: str, domain: str) -> tuple[SmtpClient, Candidate] | None:
+    def _take_cached(self, key: str, domain: str, enforced: Policy | None = None
+                     ) -> tuple[SmtpClient, Candidate] | None:
+        """A parked connection fit for ``domain``; with an ``enforced`` MTA-STS policy
+        only one with a verified certificate of an MX host the policy allows."""
         entries = self._cache.get(key)
         needs_tls = domain in self.require_tls or (self.relayhost is not None
                                                    and "*" in self.require_tls)
         for entry in list(reversed(entries or [])):
             if needs_tls and entry.client.tls is None:
                 continue  # fine for other domains, not for this one
+            if enforced is not None and not (entry.verified
+                                             and enforced.allows(entry.cand.host)):
+                continue
             assert entries is not None
             entries.remove(entry)
             entry.timer.cancel()
@@ -340,6 +409,12 @@ class _Prefixed(io.RawIOBase):
     def close(self) -> None:
         self._body.close()
         super().close()
+
+
+def _sts_warning(domain: str, policy: Policy, reason: str) -> None:
+    """Log what an MTA-STS policy objects to (RFC 8461 section 5, mode testing)."""
+    log.warning("MTA-STS policy check failed", extra={
+        "event": "mta_sts", "domain": domain, "mode": policy.mode, "reason": reason})
 
 
 def _settle(job: Job, result: RecipientResult) -> None:
