@@ -390,6 +390,50 @@ def cmd_dkim_keygen(args: argparse.Namespace) -> int:
 COMMANDS.append(register_dkim)
 
 
+# -- dns-records -------------------------------------------------------------------------
+
+def register_dns_records(sub: Subparsers, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("dns-records", parents=[common],
+                            help="print the DNS records a local domain should publish, as "
+                                 "zone-file lines")
+    parser.add_argument("domain", metavar="DOMAIN")
+    parser.add_argument("--check", action="store_true",
+                        help="look each record up in the DNS and print OK, MISSING or "
+                             "DIFFERENT (exit 1 unless all are OK)")
+    parser.set_defaults(func=cmd_dns_records)
+
+
+def cmd_dns_records(args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from .dnsrecords import check_records, plan_records
+    from .net.dns import Resolver
+    from .policy.dkimkeys import fold_domain, signing_key
+
+    config = _config(args)
+    try:
+        domain = fold_domain(args.domain)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if domain not in config.domains.local:
+        raise CliError(f"{domain} is not a local domain (domains.local: "
+                       f"{', '.join(config.domains.local) or 'none'}; in {_source(config)})")
+    plan = plan_records(domain, config.hostname, signing_key(config.data_dir, domain),
+                        datetime.now(UTC))
+    if not args.check:
+        print("\n".join(plan.lines()))
+        return EXIT_OK
+    resolver = Resolver(config.dns.nameservers, timeout=config.dns.timeout)
+    results = asyncio.run(check_records(plan, resolver))
+    for result in results:
+        print(result.line())
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
+
+
+COMMANDS.append(register_dns_records)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a subcommand's --config is set only when given, so it does not reset a
