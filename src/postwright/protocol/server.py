@@ -125,7 +125,8 @@ _COMMANDS: dict[str, _Spec] = {
     "HELP": _Spec(_TALKING, "_p_any", before_tls=True),
     "STARTTLS": _Spec(frozenset({State.READY}), "_p_starttls", must_be_last=True,
                       before_tls=True, wrong_state=_needs_hello),
-    "AUTH": _Spec(frozenset({State.READY}), "_p_auth", must_be_last=True,
+    # AUTH passes the STARTTLS gate so that it gets its own answer, 538 5.7.11 (RFC 4954).
+    "AUTH": _Spec(frozenset({State.READY}), "_p_auth", must_be_last=True, before_tls=True,
                   wrong_state=lambda s: Reply(503, "5.5.1", "AUTH not allowed now")
                   if s is not State.CONNECTED else _needs_hello(s)),
 }
