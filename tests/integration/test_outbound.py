@@ -682,3 +682,19 @@ def test_cached_connection_carries_later_batches(make_server: MakeServer, dns: D
         receiver.wait_messages(f"c{i}@remote.test", 1)
     assert len(receiver.events("connect")) == 1
     wait_empty(sender)
+
+
+def test_binarymime_is_relayed_with_bdat(make_server: MakeServer, dns: DnsServer,
+                                         port: int) -> None:
+    """BODY=BINARYMIME content (bare LF allowed) leaves with BDAT, never with DATA."""
+    receiver = make_receiver(make_server, port)
+    sender = make_sender(make_server, dns, port, TRUSTED)
+    content = b"Subject: binary\r\n\r\nline with bare LF\nand a lone . line\n.\nend\r\n"
+    with sender.raw() as client:  # the smtp listener; 127.0.0.1 is trusted: may relay
+        assert client.cmd(f"MAIL FROM:<{ALICE}> BODY=BINARYMIME")[0] == 250
+        assert client.cmd("RCPT TO:<bin@remote.test>")[0] == 250
+        client.send(b"BDAT %d LAST\r\n" % len(content) + content)
+        assert client.reply()[0] == 250
+    [path] = receiver.wait_messages("bin@remote.test", 1)
+    assert path.read_bytes().endswith(b"line with bare LF\nand a lone . line\n.\nend\n")
+    wait_empty(sender)

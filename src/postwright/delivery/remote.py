@@ -343,7 +343,14 @@ class RemoteDelivery:
         try:
             if conn.supports("SIZE"):
                 params["SIZE"] = str(job.msg.size)
-            if eight_bit:
+            if env.body == "BINARYMIME":
+                if not (conn.supports("CHUNKING") and conn.supports("BINARYMIME")):
+                    _settle(job, RecipientResult(
+                        "failed", f"5.6.3 {where} does not accept binary content "
+                                  "(no CHUNKING/BINARYMIME)"))
+                    return
+                params["BODY"] = "BINARYMIME"
+            elif eight_bit:
                 if not conn.supports("8BITMIME"):
                     _settle(job, RecipientResult(
                         "failed", f"5.6.3 {where} does not accept 8-bit content (no 8BITMIME)"))

@@ -168,7 +168,13 @@ class SmtpClient:
     async def send(self, sender: str, recipients: Sequence[tuple[str, Mapping[str, str | None]]],
                    body: bytes | BinaryIO, *, mail_params: Mapping[str, str | None] = {}
                    ) -> Transaction:
-        """One transaction; pipelined when the server offers PIPELINING."""
+        """One transaction; pipelined when the server offers PIPELINING.
+
+        A BODY=BINARYMIME transaction goes with BDAT (RFC 3030), everything else with DATA.
+        """
+        if any(k.upper() == "BODY" and (v or "").upper() == "BINARYMIME"
+               for k, v in mail_params.items()):
+            return await self._send_chunked(sender, recipients, body, mail_params)
         pipelining = self.conn.supports("PIPELINING")
         self.conn.mail(sender, mail_params)
         if not pipelining:
@@ -207,6 +213,54 @@ class SmtpClient:
         final = await self.command(self.timeouts.data_end)
         self.messages_sent += 1
         return Transaction(mail, rcpt_replies, final if accepted else None)
+
+    async def _send_chunked(self, sender: str,
+                            recipients: Sequence[tuple[str, Mapping[str, str | None]]],
+                            body: bytes | BinaryIO, mail_params: Mapping[str, str | None]
+                            ) -> Transaction:
+        """MAIL, RCPT..., then the content as counted BDAT chunks, the last one LAST.
+
+        The chunks go even when every recipient was refused (the server must read them);
+        with PIPELINING everything is sent before the replies are read.
+        """
+        pipelining = self.conn.supports("PIPELINING")
+        self.conn.mail(sender, mail_params)
+        mail = await self.command() if not pipelining else None
+        rcpt_replies: list[Reply] = []
+        if mail is not None and mail.code != 250:
+            return Transaction(mail, [mail] * len(recipients), None)
+        for address, params in recipients:
+            self.conn.rcpt(address, params)
+            if not pipelining:
+                rcpt_replies.append(await self.command())
+        if not pipelining and not any(r.code in (250, 251) for r in rcpt_replies):
+            await self.reset()
+            return Transaction(mail or rcpt_replies[0], rcpt_replies, None)
+        pieces = iter(_chunks(body))
+        chunk = next(pieces, b"")
+        chunk_replies: list[Reply] = []
+        while True:
+            following = next(pieces, None)
+            self.conn.bdat(chunk, last=following is None)
+            await self._flush()
+            if not pipelining:
+                chunk_replies.append(await self.command(self.timeouts.data_end))
+            if following is None:
+                break
+            chunk = following
+        if pipelining:
+            mail = await self.command()
+            rcpt_replies = [await self.command() for _ in recipients]
+            chunk_replies = [await self.command(self.timeouts.data_end)
+                             for _ in range(self.conn.pending)]
+        assert mail is not None
+        final = chunk_replies[-1] if chunk_replies else None
+        refused = next((r for r in chunk_replies if r.code >= 400), None)
+        accepted = any(r.code in (250, 251) for r in rcpt_replies)
+        if mail.code != 250:
+            rcpt_replies = [mail] * len(recipients)
+        self.messages_sent += 1
+        return Transaction(mail, rcpt_replies, (refused or final) if accepted else None)
 
     async def reset(self) -> Reply:
         self.conn.rset()
