@@ -698,3 +698,61 @@ def test_binarymime_is_relayed_with_bdat(make_server: MakeServer, dns: DnsServer
     [path] = receiver.wait_messages("bin@remote.test", 1)
     assert path.read_bytes().endswith(b"line with bare LF\nand a lone . line\n.\nend\n")
     wait_empty(sender)
+
+
+class _ScriptedPeer:
+    """A small SMTP server on loopback that offers STARTTLS and then refuses it (454)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(5)
+        self.port = int(self.sock.getsockname()[1])
+        self.commands: list[str] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(20)
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn, conn.makefile("rb") as rfile:
+            conn.sendall(b"220 peer.test ESMTP\r\n")
+            while line := rfile.readline():
+                text = line.decode().rstrip("\r\n")
+                self.commands.append(text)
+                verb = text.split(" ", 1)[0].upper()
+                if verb == "EHLO":
+                    conn.sendall(b"250-peer.test\r\n250-STARTTLS\r\n250 PIPELINING\r\n")
+                elif verb == "STARTTLS":
+                    conn.sendall(b"454 4.7.0 TLS not available due to local problem\r\n")
+                elif verb == "DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    while rfile.readline() not in (b".\r\n", b""):
+                        pass
+                    self.commands.append(".")
+                    conn.sendall(b"250 2.0.0 accepted\r\n")
+                elif verb == "QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_refused_starttls_goes_on_in_clear(make_server: MakeServer, dns: DnsServer,
+                                           port: int) -> None:
+    peer = _ScriptedPeer()
+    try:
+        sender = make_sender(make_server, dns, port, relayhost=f"127.0.0.1:{peer.port}")
+        finish_send(start_send(sender, "someone@remote.test"))
+        sender.wait_event("delivered", 1, timeout=15)
+        assert "STARTTLS" in peer.commands and "." in peer.commands
+        assert peer.commands.index("STARTTLS") < peer.commands.index(".")
+        wait_empty(sender)
+    finally:
+        peer.close()

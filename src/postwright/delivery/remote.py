@@ -207,7 +207,14 @@ class RemoteDelivery:
                         return f"4.7.5 MTA-STS policy of {domain}: {why}"[:400]
                     verified = True
                 elif client.conn.supports("STARTTLS"):
-                    await client.starttls(self.tls_context, server_hostname=cand.host)
+                    try:
+                        await client.starttls(self.tls_context, server_hostname=cand.host)
+                    except SmtpFailure as exc:
+                        # STARTTLS offered, then refused (454): opportunistic TLS goes on in
+                        # clear (RFC 3207, RFC 7435) unless TLS is required (checked below).
+                        log.info("STARTTLS refused, continuing without TLS",
+                                 extra={"event": "tls_error", "domain": domain,
+                                        "host": where, "reply": str(exc.reply)})
                 elif sts is not None and sts.mode == "enforce":
                     await client.quit()
                     return f"4.7.5 MTA-STS policy of {domain} requires STARTTLS, {where} " \
