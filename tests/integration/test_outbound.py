@@ -756,3 +756,24 @@ def test_refused_starttls_goes_on_in_clear(make_server: MakeServer, dns: DnsServ
         wait_empty(sender)
     finally:
         peer.close()
+
+
+def test_disconnect_mid_transaction_defers_then_delivers(make_server: MakeServer,
+                                                         dns: DnsServer, port: int,
+                                                         sinks: Callable[..., Sink]) -> None:
+    """smtp-sink -q: the server hangs up after DATA; nothing is lost, the retry delivers."""
+    dns.set("remote.test", "MX", "10 sink.remote.test.")
+    rude = sinks(SINK_IP, port, "-q", "DATA")
+    sender = make_sender(make_server, dns, port, retry_first=30, retry_max=30)
+    qid = send(sender, "bob@remote.test", subject="hang up")
+    [deferred] = sender.wait_event("deferred", where=for_rcpt("bob@remote.test"))
+    assert str(deferred["reply"]).startswith("4.")
+    [entry] = sender.queue_list()
+    assert entry["id"] == qid and entry["recipients"][0]["status"] == "deferred"
+    rude.stop()
+    fine = sinks(SINK_IP, port)
+    sender.cli("queue", "flush")
+    sender.wait_event("delivered", where=for_rcpt("bob@remote.test"))
+    assert fine.count(".") == 1
+    wait_empty(sender)
+    assert sender.messages(ALICE) == []
