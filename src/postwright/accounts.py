@@ -20,16 +20,12 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import hashlib
-import hmac
 import json
 import logging
 import os
 import secrets
-import stringprep
 import tempfile
 import threading
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +34,17 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from .durable import fsync_dir
 from .errors import PostwrightError
 from .protocol.address import AddressError, parse_mailbox
 
+# One SCRAM implementation: the server side's (stored keys, SASLprep with raw fallback).
+from .protocol.sasl import ScramCredentials
+from .protocol.sasl import saslprep as saslprep  # re-exported: part of this API
+from .protocol.sasl import scram_credentials as scram_sha256_credentials
+
 log = logging.getLogger("postwright.accounts")
 
-SCRAM_ITERATIONS = 4096  # RFC 7677 section 4: at least 4096
-SCRAM_SALT_SIZE = 16
 _FORMAT_VERSION = 1
 _Signature = tuple[int, int, int]  # (st_mtime_ns, st_size, st_ino)
 
@@ -65,69 +65,22 @@ class NoSuchAccountError(AccountError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class ScramCredentials:
-    """What a SCRAM-SHA-256 server keeps for one user (RFC 5802 section 3)."""
-
-    salt: bytes
-    iterations: int
-    stored_key: bytes
-    server_key: bytes
-
-    def to_json(self) -> dict[str, Any]:
-        b64 = base64.b64encode
-        return {"salt": b64(self.salt).decode(), "iterations": self.iterations,
-                "stored_key": b64(self.stored_key).decode(),
-                "server_key": b64(self.server_key).decode()}
-
-    @classmethod
-    def from_json(cls, data: Any) -> ScramCredentials:
-        if not isinstance(data, dict) or not isinstance(data.get("iterations"), int):
-            raise ValueError("bad SCRAM credentials")
-
-        def b64(name: str) -> bytes:
-            return base64.b64decode(str(data[name]), validate=True)
-
-        return cls(b64("salt"), data["iterations"], b64("stored_key"), b64("server_key"))
+def _scram_to_json(creds: ScramCredentials) -> dict[str, Any]:
+    b64 = base64.b64encode
+    return {"salt": b64(creds.salt).decode(), "iterations": creds.iterations,
+            "stored_key": b64(creds.stored_key).decode(),
+            "server_key": b64(creds.server_key).decode()}
 
 
-def saslprep(text: str) -> str:
-    """RFC 4013 SASLprep for a stored string (query profile: unassigned code points pass).
+def _scram_from_json(data: Any) -> ScramCredentials:
+    if not isinstance(data, dict) or not isinstance(data.get("iterations"), int):
+        raise ValueError("bad SCRAM credentials")
 
-    Raises ValueError for prohibited characters or a bidi violation (RFC 3454 section 6).
-    """
-    mapped = "".join(" " if stringprep.in_table_c12(c) else c
-                     for c in text if not stringprep.in_table_b1(c))
-    prepared = unicodedata.ucd_3_2_0.normalize("NFKC", mapped)
-    prohibited = (stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3,
-                  stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6,
-                  stringprep.in_table_c7, stringprep.in_table_c8, stringprep.in_table_c9)
-    if any(check(c) for c in prepared for check in prohibited):
-        raise ValueError("prohibited character")
-    if any(stringprep.in_table_d1(c) for c in prepared):
-        if any(stringprep.in_table_d2(c) for c in prepared) or not (
-                stringprep.in_table_d1(prepared[0]) and stringprep.in_table_d1(prepared[-1])):
-            raise ValueError("bidirectional text not allowed here")
-    return prepared
+    def b64(name: str) -> bytes:
+        return base64.b64decode(str(data[name]), validate=True)
 
-
-def scram_sha256_credentials(password: str, *, salt: bytes | None = None,
-                             iterations: int = SCRAM_ITERATIONS) -> ScramCredentials:
-    """SaltedPassword = PBKDF2-HMAC-SHA-256(SASLprep(password)); keys per RFC 5802 section 3.
-
-    A password that SASLprep refuses is used as its raw UTF-8 (as PostgreSQL does), so every
-    password that can be set also works with SCRAM from a client that does the same.
-    """
-    if salt is None:
-        salt = secrets.token_bytes(SCRAM_SALT_SIZE)
-    try:
-        normalized = saslprep(password)
-    except ValueError:
-        normalized = password
-    salted = hashlib.pbkdf2_hmac("sha256", normalized.encode("utf-8"), salt, iterations)
-    client_key = hmac.digest(salted, b"Client Key", "sha256")
-    server_key = hmac.digest(salted, b"Server Key", "sha256")
-    return ScramCredentials(salt, iterations, hashlib.sha256(client_key).digest(), server_key)
+    return ScramCredentials(b64("salt"), data["iterations"], b64("stored_key"),
+                            b64("server_key"))
 
 
 def fold_address(address: str) -> str:
@@ -153,7 +106,7 @@ class _Account:
     scram: ScramCredentials
 
     def to_json(self) -> dict[str, Any]:
-        return {"argon2": self.argon2, "scram-sha-256": self.scram.to_json()}
+        return {"argon2": self.argon2, "scram-sha-256": _scram_to_json(self.scram)}
 
 
 _UNREAD: _Signature = (-1, -1, -1)
@@ -209,7 +162,7 @@ class AccountStore:
             for name, entry in entries.items():
                 if not isinstance(entry, dict) or not isinstance(entry.get("argon2"), str):
                     raise ValueError(f"bad entry for {name!r}")
-                scram = ScramCredentials.from_json(entry.get("scram-sha-256"))
+                scram = _scram_from_json(entry.get("scram-sha-256"))
                 accounts[name] = _Account(entry["argon2"], scram)
         except (ValueError, KeyError, TypeError) as exc:
             raise AccountError(f"corrupt accounts file {self.path}: {exc}") from None
@@ -249,11 +202,7 @@ class AccountStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(self.path.parent)
 
     def _credentials(self, password: str) -> _Account:
         if not isinstance(password, str) or not password:

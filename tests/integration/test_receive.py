@@ -91,6 +91,12 @@ def test_plus_address_reaches_the_base_mailbox(server: Server) -> None:
     assert not (server.data / "mail" / "example.test" / "bob+tag").exists()
 
 
+def test_bare_postmaster_reaches_the_primary_domains_postmaster(server: Server) -> None:
+    # RFC 5321 section 4.5.1: <postmaster> without a domain; postmaster@ is aliased to alice.
+    qid = server.send(SENDER, ["postmaster"], message("bare-postmaster"))
+    assert b"Message-ID: <bare-postmaster@example.org>" in delivered_one(server, ALICE, qid)
+
+
 def test_alias_reaches_every_target(server: Server) -> None:
     server.send(SENDER, ["team@example.test"], message("team"))
     for address in (ALICE, BOB):

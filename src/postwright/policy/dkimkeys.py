@@ -29,6 +29,7 @@ from typing import Literal
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from ..durable import fsync_dir as _fsync_dir
 from ..errors import PostwrightError
 from ..protocol.address import AddressError, parse_domain
 from .dkim import Algorithm, PrivateKey
@@ -133,14 +134,6 @@ def _write_private(path: Path, data: bytes, *, replace: bool) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def keygen(data_dir: Path | str, domain: str, selector: str = "s1",

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
+from ..durable import fsync_dir as fsync_dir  # used by the store and recovery too
+
 MAGIC = b"\x8fPWJ"
 _HEADER = struct.Struct(">4sBII")
 HEADER_SIZE = _HEADER.size  # 13
@@ -101,14 +103,6 @@ def list_segments(directory: Path) -> list[int]:
         if dot and ext == "log" and len(stem) == 8 and stem.isdigit():
             found.append(int(stem))
     return sorted(found)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _crc_range(fd: int, start: int, length: int, crc: int) -> int:

@@ -24,7 +24,7 @@ from ..policy.emailauth import Lookups, check_message
 from ..policy.relay import relay_check
 from ..policy.sender import owns
 from ..policy.throttle import AuthThrottle, ConnectionRate
-from ..protocol.address import Domain, Mailbox, Path
+from ..protocol.address import Mailbox, Path
 from ..protocol.events import (
     NEED_DATA,
     Auth,
@@ -260,8 +260,7 @@ class InboundSession:
         assert isinstance(path, Path) and isinstance(ev.params, RcptParams)
         mailbox = path.mailbox
         assert mailbox is not None
-        if mailbox.domain is None:  # bare <postmaster>, RFC 5321 section 4.5.1
-            mailbox = Mailbox(mailbox.local_part, Domain(self._first_domain(), False))
+        # A bare <postmaster> (RFC 5321 section 4.5.1) is the router's and relay check's job.
         may_relay = self.trusted or (self.role.relay_when_authenticated
                                      and self.conn.authenticated)
         refusal = relay_check(mailbox, router=self.services.router, may_relay=may_relay)
@@ -287,10 +286,6 @@ class InboundSession:
                                              "recipient": str(mailbox), "reason": reason,
                                              "reply": str(reply)})
         self.send(reply)
-
-    def _first_domain(self) -> str:
-        domains = self.services.router.local_domains
-        return domains[0] if domains else self.services.hostname
 
     async def end_of_message(self, ev: EndOfMessage) -> None:
         body, self.body = self.body, None
