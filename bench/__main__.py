@@ -25,7 +25,7 @@ from pathlib import Path
 from . import load, peers, report
 from .destination import RelayDestination
 from .load import RunResult, Scenario
-from .peers import PEER_NAMES, RELAY_PEERS, Peer, PeerError
+from .peers import DEFAULT_PEERS, PEER_NAMES, RELAY_PEERS, SINK_LOOPS, Peer, PeerError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -39,8 +39,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="rounds of the comparative scenarios (default 2, --quick 1)")
     parser.add_argument("--scenario", action="append", default=[], metavar="NAME",
                         help=f"run only these (repeat or comma-separate): {', '.join(names)}")
-    parser.add_argument("--peers", default=",".join(PEER_NAMES),
-                        help=f"comma-separated subset of {','.join(PEER_NAMES)}")
+    parser.add_argument("--peers", default=",".join(DEFAULT_PEERS),
+                        help=f"comma-separated subset of {','.join(PEER_NAMES)} "
+                        f"(default {','.join(DEFAULT_PEERS)})")
     parser.add_argument("--tmpdir", type=Path, default=None,
                         help="where the peers' temporary directories go (default: $TMPDIR)")
     parser.add_argument("--no-json", action="store_true", help="do not write bench/results/")
@@ -108,6 +109,8 @@ def preflight(name: str, base: Path | None, info: dict[str, str]) -> str | None:
         peer.start()
         if isinstance(peer, peers.PostfixPeer):
             info["postfix"] = peer.version()
+        if isinstance(peer, peers.SinkPeer):
+            info[f"{name} loop"] = peer.loop_class()
         one = Scenario("preflight", 1, 200, sessions=1)
         result = load.run_load(peer, one, 0, e2e_timeout=30)
         if not result.ok:
@@ -144,7 +147,7 @@ def run_one(name: str, scenario: Scenario, round_no: int, base: Path | None) -> 
 
 
 def progress(r: RunResult, rounds: int, relay: bool = False) -> str:
-    head = f"round {r.round}/{rounds}  {r.scenario:<13} {r.peer:<10}"
+    head = f"round {r.round}/{rounds}  {r.scenario:<13} {r.peer:<15}"
     if r.accepted_rate is None:
         return f"{head}  FAILED: {r.error}"
     p50 = report.percentile(r.latencies_ms, 50)
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in comparative.values():
             for name in order:
                 if scenario.relay and name not in RELAY_PEERS:
-                    continue  # aiosmtpd stores and forwards nothing
+                    continue  # the aiosmtpd sinks store and forward nothing
                 result = run_one(name, scenario, round_no, args.tmpdir)
                 results.append(result)
                 say(progress(result, args.rounds, scenario.relay))
@@ -238,8 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{name}: {report.describe_extra(extras[-1])}")
     elapsed = time.monotonic() - started
     summaries = report.summarise(results)
-    versions = ", ".join(f"{k} {info[k]}" for k in ("python", "postwright", "postfix",
-                                                    "aiosmtpd", "uvloop") if k in info)
+    # the event loop each aiosmtpd peer reported, e.g. "peer aiosmtpd on asyncio...."
+    loops = "; ".join(f"peer {n} on {info[f'{n} loop']}" for n in SINK_LOOPS
+                      if f"{n} loop" in info)
+    versions = ", ".join(f"{k} {info[k]}" + (f" ({loops})" if k == "aiosmtpd" and loops else "")
+                         for k in ("python", "postwright", "postfix", "aiosmtpd", "uvloop")
+                         if k in info)
     header = [
         f"Command: `{command}`",
         "",

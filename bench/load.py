@@ -72,7 +72,7 @@ class Scenario:
         text = f"{self.messages} × {size}{rcpt}, {self.sessions} sessions, {conn}"
         if self.relay:
             text += (f", to user@{self.domain} relayed to smtp-sink; end-to-end = relayed "
-                     "(aiosmtpd n/a: it relays nothing)")
+                     "(aiosmtpd peers n/a: they relay nothing)")
         return text
 
 

@@ -8,7 +8,10 @@ Every peer gets its own temporary directory and its own free loopback port:
   ``queue_directory`` and ``data_directory``; ``virtual(8)`` delivery into Maildir) and runs
   it with ``postfix -c DIR start`` / ``stop``. It needs root and the Debian package.
 * :class:`SinkPeer` runs an aiosmtpd ``Controller`` in a child process (``python -m
-  bench.peers sink PORT``) whose handler answers ``250 OK`` and stores nothing.
+  bench.peers sink PORT [asyncio|uvloop]``) whose handler answers ``250 OK`` and stores
+  nothing. Peer ``aiosmtpd`` is aiosmtpd as shipped, on asyncio's default event loop (the
+  uvloop policy is never installed in that process); the optional peer ``aiosmtpd-uvloop``
+  is the same sink on uvloop.
 
 For the ``relay`` scenario postwright and Postfix are given a relay host (``relayhost``,
 loopback clients trusted to relay); what listens there is in ``destination.py``.
@@ -36,7 +39,10 @@ DOMAIN = "bench.test"
 PROBE_LOCAL = "probe"
 POSTFIX = Path("/usr/sbin/postfix")
 POSTCONF = Path("/usr/sbin/postconf")
-PEER_NAMES = ("postwright", "postfix", "aiosmtpd")
+# the aiosmtpd sinks, by peer name: the event loop each runs on
+SINK_LOOPS = {"aiosmtpd": "asyncio", "aiosmtpd-uvloop": "uvloop"}
+PEER_NAMES = ("postwright", "postfix", *SINK_LOOPS)  # every peer --peers accepts
+DEFAULT_PEERS = ("postwright", "postfix", "aiosmtpd")  # aiosmtpd-uvloop only on request
 RELAY_PEERS = ("postwright", "postfix")  # the peers that can pass mail on
 RELAY_DOMAIN = "relay.test"  # neither peer's own domain: its mail goes to the relay host
 
@@ -198,12 +204,30 @@ class PostwrightPeer(Peer):
 
 
 class SinkPeer(Peer):
-    """aiosmtpd answering 250 to everything, in its own process (so it has its own core)."""
+    """aiosmtpd answering 250 to everything, in its own process (so it has its own core).
+    ``loop`` is ``asyncio`` (stock aiosmtpd, peer ``aiosmtpd``) or ``uvloop`` (peer
+    ``aiosmtpd-uvloop``)."""
 
-    name = "aiosmtpd"
+    def __init__(self, workdir: Path, loop: str = "asyncio") -> None:
+        super().__init__(workdir)
+        if loop not in SINK_LOOPS.values():
+            raise ValueError(f"unknown event loop {loop!r}")
+        self.loop = loop
+        self.name = next(n for n, kind in SINK_LOOPS.items() if kind == loop)
 
     def start(self) -> None:
-        self._spawn([sys.executable, "-m", "bench.peers", "sink", str(self.port)])
+        self._spawn([sys.executable, "-m", "bench.peers", "sink", str(self.port), self.loop])
+
+    def loop_class(self) -> str:
+        """The class of the event loop the running sink reported (from its log)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            text = ""
+        for line in text.splitlines():
+            if line.startswith(_LOOP_LINE):
+                return line[len(_LOOP_LINE):].strip()
+        return "unknown"
 
 
 def _postfix_main_cf(root: Path, uid: int, gid: int, relayhost: int | None) -> str:
@@ -373,11 +397,16 @@ def unavailable(name: str) -> str | None:
     """Why peer ``name`` cannot run on this machine, or None."""
     if name == "postfix":
         return PostfixPeer.unavailable()
-    if name == "aiosmtpd":
+    if name in SINK_LOOPS:
         try:
             import aiosmtpd  # noqa: F401
         except ImportError:
             return "aiosmtpd is not installed in this venv"
+    if name == "aiosmtpd-uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            return "uvloop is not importable in this venv (pip install uvloop)"
     if name == "postwright":
         try:
             import postwright  # noqa: F401
@@ -397,8 +426,8 @@ def make_peer(name: str, base: Path | None, limits: dict[str, int] | None = None
         return PostwrightPeer(workdir, limits, relayhost)
     if name == "postfix":
         return PostfixPeer(workdir, relayhost)
-    if name == "aiosmtpd":
-        return SinkPeer(workdir)
+    if name in SINK_LOOPS:
+        return SinkPeer(workdir, SINK_LOOPS[name])
     raise ValueError(f"unknown peer {name!r}")
 
 
@@ -410,8 +439,13 @@ def discard(peer: Peer) -> None:
         shutil.rmtree(peer.workdir, ignore_errors=True)
 
 
-def _sink_main(port: int) -> None:
-    """The aiosmtpd sink process: 250 OK to every message, nothing kept."""
+_LOOP_LINE = "sink event loop:"  # the sink's first stderr line, read by SinkPeer.loop_class
+
+
+def _sink_main(port: int, kind: str) -> None:
+    """The aiosmtpd sink process: 250 OK to every message, nothing kept. ``kind`` is
+    ``asyncio`` (aiosmtpd as shipped: its Controller makes its own loop under asyncio's
+    default policy) or ``uvloop``."""
     import asyncio
 
     from aiosmtpd.controller import Controller
@@ -422,22 +456,29 @@ def _sink_main(port: int) -> None:
                               envelope: Envelope) -> str:
             return "250 OK"
 
-    try:
+    loop: asyncio.AbstractEventLoop | None = None
+    if kind == "uvloop":
         import uvloop
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
+        loop = uvloop.new_event_loop()
+    else:
+        asyncio.set_event_loop_policy(None)  # asyncio's default policy, whatever ran before
     stop = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # the server thread inherits the mask
     controller = Controller(Sink(), hostname="127.0.0.1", port=port, loop=loop,
                             server_hostname=f"sink.{DOMAIN}", ready_timeout=20)
+    cls = type(controller.loop)
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if not name.startswith(f"{kind}."):
+        sys.exit(f"sink: wanted a {kind} event loop, got {name}")
+    print(f"{_LOOP_LINE} {name}", file=sys.stderr, flush=True)  # before the 220 can be read
     controller.start()
     signal.sigwait(stop)
     controller.stop()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "sink":
-        _sink_main(int(sys.argv[2]))
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "sink" and sys.argv[3:] in (
+            [], ["asyncio"], ["uvloop"]):
+        _sink_main(int(sys.argv[2]), sys.argv[3] if len(sys.argv) == 4 else "asyncio")
     else:
-        sys.exit("usage: python -m bench.peers sink PORT")
+        sys.exit("usage: python -m bench.peers sink PORT [asyncio|uvloop]")
