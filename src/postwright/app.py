@@ -19,7 +19,7 @@ from pathlib import Path
 from .accounts import AccountStore
 from .config import Config
 from .control import ControlServer
-from .delivery.maildir import MaildirDelivery
+from .delivery.agent import MaildirAgent
 from .delivery.manager import DeliveryManager
 from .delivery.remote import RemoteDelivery
 from .delivery.routing import Router
@@ -62,7 +62,7 @@ class App:
                              account_exists=self.accounts.exists,
                              catchall=cfg.domains.catchall,
                              wildcard=cfg.domains.wildcard)
-        self.maildir = MaildirDelivery(cfg.mail_dir, hostname=cfg.hostname)
+        self.maildir = MaildirAgent(cfg.mail_dir, hostname=cfg.hostname)
         self.resolver = Resolver(cfg.dns.nameservers, timeout=cfg.dns.timeout)
         verify = verifying_context(delivery.mta_sts_ca_file)
         mta_sts = MtaSts(txt=self.resolver.txt, fetch=PolicyFetcher(

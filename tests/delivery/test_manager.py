@@ -7,7 +7,7 @@ import email
 import email.policy
 from pathlib import Path
 
-from postwright.delivery.maildir import MaildirDelivery
+from postwright.delivery.agent import MaildirAgent
 from postwright.delivery.manager import DeliveryManager
 from postwright.delivery.routing import Router
 from postwright.envelope import Envelope, Recipient
@@ -21,7 +21,7 @@ def setup(tmp: Path, lifetime: float = 3600) -> tuple[QueueStore, DeliveryManage
     router = Router(local_domains=["example.test"], aliases={},
                     account_exists=lambda a: a in {"alice@example.test", "bob@example.test"})
     manager = DeliveryManager(queue=queue, router=router,
-                              maildir=MaildirDelivery(tmp / "mail", hostname="mx.example.test"),
+                              maildir=MaildirAgent(tmp / "mail", hostname="mx.example.test"),
                               hostname="mx.example.test",
                               schedule=schedule)
     return queue, manager
@@ -49,6 +49,7 @@ def test_a_batch_delivers_every_local_recipient_once(tmp_path: Path) -> None:
                for _ in range(30)]
         await manager.deliver_batch(ids)
         assert queue.ids() == []  # every recipient final: removed from the queue
+        await manager.stop()
         await queue.aclose()
 
     asyncio.run(run())
@@ -74,6 +75,7 @@ def test_expired_recipient_bounces_to_the_sender(tmp_path: Path) -> None:
         assert [r.recipient.address for r in bounce.recipients] == ["alice@example.test"]
         await manager.deliver_batch(bounces)
         assert queue.ids() == []
+        await manager.stop()
         await queue.aclose()
         return qid
 
@@ -116,6 +118,7 @@ def test_remote_recipient_is_deferred_without_a_remote_agent(tmp_path: Path) -> 
         states = {r.recipient.address: r.status for r in msg.recipients}
         assert states == {"someone@remote.test": "deferred", "bob@example.test": "delivered"}
         assert msg.recipients[0].next_attempt == 1001.0 + 60
+        await manager.stop()
         await queue.aclose()
 
     asyncio.run(run())
@@ -143,6 +146,7 @@ def test_delay_warning_is_sent_once(tmp_path: Path) -> None:
             text = f.read().decode()
         assert "Action: delayed" in text and "Will-Retry-Until:" in text
         assert queue.get(qid).recipients[0].status == "deferred"
+        await manager.stop()
         await queue.aclose()
 
     asyncio.run(run())

@@ -1,7 +1,7 @@
 """The queue manager: takes due messages from the queue and hands them to delivery agents.
 
-Local recipients go to Maildir (in a worker thread, since the file system blocks); recipients
-in other domains wait for the remote agent (outbound delivery) and are deferred meanwhile.
+Local recipients go to Maildir through the agent process (``agent.py``), in batches;
+recipients in other domains go to the remote agent, one task per destination domain.
 Results are recorded per recipient; the queue removes a message once every recipient is final.
 Anything unexpected during delivery is temporary (4xx), never a silent loss.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from ..envelope import Envelope
@@ -19,20 +19,19 @@ from ..errors import QueueError
 from ..message.trace import received_header, stored_header
 from ..protocol.address import AddressError, parse_mailbox
 from ..queue import QueuedMessage, QueueStore, RecipientResult, RetrySchedule
+from .agent import AgentItem, MaildirAgent
 from .bounce import bounce
-from .maildir import DeliveryItem, MaildirDelivery, MaildirNameError
+from .maildir import MaildirNameError
 from .remote import Job, RemoteDelivery
 from .routing import Router
 
 log = logging.getLogger("postwright.delivery")
 
-_CHUNK = 256 * 1024
-_INLINE_MAX = 1 << 20  # bodies up to this size are read once and shared by recipients
 _BATCH_BYTES = 8 << 20  # a batch stops growing here, so its bodies never weigh much more
 
 
 class DeliveryManager:
-    def __init__(self, *, queue: QueueStore, router: Router, maildir: MaildirDelivery,
+    def __init__(self, *, queue: QueueStore, router: Router, maildir: MaildirAgent,
                  hostname: str, schedule: RetrySchedule, concurrency: int = 20,
                  batch_size: int = 512, remote: RemoteDelivery | None = None,
                  per_destination: int = 5, delay_warning: float = 14400.0,
@@ -91,6 +90,7 @@ class DeliveryManager:
                 task.cancel()
         if self.remote is not None:
             await self.remote.close()
+        await self.maildir.close()
 
     async def deliver(self, qid: str) -> None:
         await self.deliver_batch([qid])
@@ -137,7 +137,7 @@ class DeliveryManager:
         for domain, jobs in remote.items():
             self._start_remote(domain, jobs)
         if local:
-            outcome = await asyncio.to_thread(self._deliver_local, local)
+            outcome = await self._deliver_local(local)
             now = self.clock()
             await asyncio.gather(*(self._record(msg, results, now)
                                    for (msg, _due), results in zip(local, outcome, strict=True)))
@@ -242,37 +242,37 @@ class DeliveryManager:
                 out[i] = result
         return out
 
-    # ---- worker thread -----------------------------------------------------------------
-    def _deliver_local(self, work: list[tuple[QueuedMessage, list[int]]]
-                       ) -> list[dict[int, RecipientResult]]:
-        """Runs in a worker thread: every local recipient of the batch into Maildir."""
+    async def _deliver_local(self, work: list[tuple[QueuedMessage, list[int]]]
+                             ) -> list[dict[int, RecipientResult]]:
+        """Every local recipient of the batch into Maildir, through the agent process."""
         outcome: list[dict[int, RecipientResult]] = []
-        items: list[DeliveryItem] = []
+        items: list[AgentItem] = []
         slots: list[tuple[int, int]] = []  # (position in outcome, recipient index) per item
         for pos, (msg, due) in enumerate(work):
             results: dict[int, RecipientResult] = {}
             outcome.append(results)
+            # A body in a file of its own is read by the agent; a small one is sent along.
+            body_path = self.queue.body_path(msg.id)
             body: bytes | None = None
+            if body_path is None:
+                try:
+                    with self.queue.open_body(msg.id) as f:
+                        body = f.read()
+                except (OSError, QueueError) as exc:
+                    for i in due:
+                        results[i] = RecipientResult("deferred",
+                                                     f"4.3.0 queue read failed: {exc}")
+                    continue
+            authres = stored_header(msg.envelope.extra.get("authres"))
             for i in due:
                 address = msg.recipients[i].recipient.address
                 # Our trace header, then the verdict of the inbound checks (RFC 8601), if any.
-                header = (self._received(msg.id, msg.envelope, address)
-                          + stored_header(msg.envelope.extra.get("authres")))
-                try:
-                    if msg.size > _INLINE_MAX:
-                        chunks: Iterable[bytes] = _streamed(header, self.queue, msg.id)
-                    else:
-                        if body is None:
-                            with self.queue.open_body(msg.id) as f:
-                                body = f.read()
-                        chunks = (header, body)
-                except OSError as exc:
-                    results[i] = RecipientResult("deferred", f"4.3.0 queue read failed: {exc}")
-                    continue
-                items.append(DeliveryItem(address, chunks, msg.envelope.sender, address,
-                                          folder=msg.envelope.extra.get("folder") or None))
+                head = self._received(msg.id, msg.envelope, address) + authres
+                items.append(AgentItem(address, msg.envelope.sender, address, head, body,
+                                       body_path, msg.envelope.extra.get("folder") or None))
                 slots.append((pos, i))
-        for (pos, i), result in zip(slots, self.maildir.deliver_batch(items), strict=True):
+        delivered = await self.maildir.deliver_batch(items)
+        for (pos, i), result in zip(slots, delivered, strict=True):
             if isinstance(result, Path):
                 outcome[pos][i] = RecipientResult(
                     "delivered", f"2.0.0 delivered to maildir as {result.name}")
@@ -311,14 +311,3 @@ def _domain_of(address: str) -> str:
         return mailbox.domain.ascii()
     except AddressError:
         return mailbox.domain.name.lower()
-
-
-def _streamed(header: bytes, queue: QueueStore, qid: str) -> Iterator[bytes]:
-    """A large body, read from the queue in chunks while it is written out."""
-    yield header
-    with queue.open_body(qid) as body:
-        while True:
-            chunk = body.read(_CHUNK)
-            if not chunk:
-                return
-            yield chunk

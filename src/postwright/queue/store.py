@@ -200,6 +200,10 @@ class QueueStore:
             return io.BytesIO(frame.payload[start:start + entry.msg.size])
         raise QueueError(f"body of {qid} not found")
 
+    def body_path(self, qid: str) -> Path | None:
+        """The file holding the body when it has one of its own (large bodies), else None."""
+        return self._bodies / qid if self._entry(qid).body_file else None
+
     def due(self, now: float) -> list[str]:
         """Messages not held with some recipient pending or deferred and due by ``now``."""
         return sorted(qid for qid, e in self._index.entries.items()

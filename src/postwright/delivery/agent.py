@@ -1,0 +1,262 @@
+"""The Maildir delivery agent as a child process, and the server's handle on it.
+
+Why a process: writing Maildir files is Python work (names, paths, CRLF -> LF) plus many
+small system calls. Done in a thread of the server it competes for the interpreter lock with
+the sessions that receive mail, so under load receiving and delivering take turns on one
+core. As a child process (as Postfix runs ``virtual(8)`` beside ``smtpd(8)``) it runs on the
+other core. :class:`MaildirAgent` starts the child on first use, sends it one batch at a
+time over a pipe and restarts it if it dies; ``python -m postwright.delivery.agent`` is the
+child, which hands each batch to :class:`~postwright.delivery.maildir.MaildirDelivery`.
+
+Wire format (private to this module, both ends are this file): a frame is a 4-byte
+big-endian length and a payload. A request is a count and, per item, seven fields (address,
+folder, Return-Path, Delivered-To, header bytes, body bytes, body file path); a reply is a
+count and, per item, a kind byte (delivered / bad name / error) and one text field. A field
+is a 4-byte length (``0xFFFFFFFF`` for none) and its bytes.
+
+Not here: routing, the queue, retries (the manager decides what a failure means). A child
+that exits mid-batch fails that whole batch as temporary: some of its messages may be in
+Maildir already and are delivered again on retry (a duplicate, never a loss).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import struct
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from .maildir import DeliveryItem, MaildirDelivery, MaildirNameError
+
+_U32 = struct.Struct(">I")
+_NONE = 0xFFFFFFFF
+_CHUNK = 256 * 1024
+_DELIVERED, _BAD_NAME, _ERROR = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class AgentItem:
+    """One message for one local mailbox: ``head`` (trace fields) then the body, which is
+    either ``body`` (bytes, CRLF line ends) or the file at ``body_path``."""
+
+    address: str
+    return_path: str
+    delivered_to: str
+    head: bytes
+    body: bytes | None = None
+    body_path: Path | None = None
+    folder: str | None = None
+
+
+class AgentError(OSError):
+    """The agent process failed or broke the wire format (a temporary delivery failure)."""
+
+
+# ---- wire format ------------------------------------------------------------------------
+def _field(value: bytes | None) -> bytes:
+    if value is None:
+        return _U32.pack(_NONE)
+    return _U32.pack(len(value)) + value
+
+
+def _text(value: str | None) -> bytes | None:
+    return None if value is None else value.encode("utf-8", "surrogateescape")
+
+
+def encode_request(items: Sequence[AgentItem]) -> bytes:
+    parts = [_U32.pack(len(items))]
+    for it in items:
+        parts += (_field(_text(it.address)), _field(_text(it.folder)),
+                  _field(_text(it.return_path)), _field(_text(it.delivered_to)),
+                  _field(it.head), _field(it.body),
+                  _field(None if it.body_path is None else os.fsencode(it.body_path)))
+    payload = b"".join(parts)
+    return _U32.pack(len(payload)) + payload
+
+
+class _Reader:
+    def __init__(self, payload: bytes) -> None:
+        self.data = memoryview(payload)
+        self.pos = 0
+
+    def u32(self) -> int:
+        if self.pos + 4 > len(self.data):
+            raise AgentError("truncated agent frame")
+        (value,) = _U32.unpack_from(self.data, self.pos)
+        self.pos += 4
+        return int(value)
+
+    def field(self) -> bytes | None:
+        n = self.u32()
+        if n == _NONE:
+            return None
+        if self.pos + n > len(self.data):
+            raise AgentError("truncated agent frame")
+        value = bytes(self.data[self.pos:self.pos + n])
+        self.pos += n
+        return value
+
+    def text(self) -> str | None:
+        value = self.field()
+        return None if value is None else value.decode("utf-8", "surrogateescape")
+
+
+def decode_request(payload: bytes) -> list[AgentItem]:
+    r = _Reader(payload)
+    items = []
+    for _ in range(r.u32()):
+        address, folder, return_path, delivered_to = r.text(), r.text(), r.text(), r.text()
+        head, body, path = r.field(), r.field(), r.field()
+        if address is None or return_path is None or delivered_to is None or head is None:
+            raise AgentError("agent request lacks a required field")
+        items.append(AgentItem(address, return_path, delivered_to, head, body,
+                               None if path is None else Path(os.fsdecode(path)), folder))
+    return items
+
+
+def encode_reply(results: Sequence[Path | Exception]) -> bytes:
+    parts = [_U32.pack(len(results))]
+    for result in results:
+        if isinstance(result, Path):
+            parts += (bytes([_DELIVERED]), _field(os.fsencode(result)))
+        else:
+            kind = _BAD_NAME if isinstance(result, MaildirNameError) else _ERROR
+            parts += (bytes([kind]), _field(_text(str(result) or type(result).__name__)))
+    payload = b"".join(parts)
+    return _U32.pack(len(payload)) + payload
+
+
+def decode_reply(payload: bytes, expected: int) -> list[Path | Exception]:
+    r = _Reader(payload)
+    if r.u32() != expected:
+        raise AgentError("agent replied for a different number of items")
+    out: list[Path | Exception] = []
+    for _ in range(expected):
+        if r.pos >= len(r.data):
+            raise AgentError("truncated agent frame")
+        kind = r.data[r.pos]
+        r.pos += 1
+        value = r.field() or b""
+        if kind == _DELIVERED:
+            out.append(Path(os.fsdecode(value)))
+        elif kind == _BAD_NAME:
+            out.append(MaildirNameError(value.decode("utf-8", "replace")))
+        else:
+            out.append(AgentError(value.decode("utf-8", "replace")))
+    return out
+
+
+# ---- the server's side -----------------------------------------------------------------
+class MaildirAgent:
+    """Delivers batches through a child process; one batch at a time, in order."""
+
+    def __init__(self, mail_root: Path, *, hostname: str) -> None:
+        self.mail_root = Path(mail_root)
+        self.hostname = hostname
+        self._proc: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+        self.started = 0  # child processes started so far (a restart shows as 2, 3, ...)
+
+    async def deliver_batch(self, items: Sequence[AgentItem]) -> list[Path | Exception]:
+        """One result per item: the file in ``new/``, or why it was not delivered."""
+        if not items:
+            return []
+        request = encode_request(items)
+        async with self._lock:
+            try:
+                proc = await self._running()
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(request)
+                await proc.stdin.drain()
+                (size,) = _U32.unpack(await proc.stdout.readexactly(4))
+                return decode_reply(await proc.stdout.readexactly(size), len(items))
+            except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
+                await self._stop()
+                error = AgentError(f"delivery agent failed: {exc or type(exc).__name__}")
+                return [error] * len(items)
+
+    async def _running(self) -> asyncio.subprocess.Process:
+        if self._proc is not None and self._proc.returncode is None:
+            return self._proc
+        await self._stop()
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "postwright.delivery.agent", str(self.mail_root),
+            self.hostname, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        self.started += 1
+        return self._proc
+
+    async def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # end of input: the child finishes its batch and exits
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._stop()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+
+# ---- the child -------------------------------------------------------------------------
+def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
+    data = stream.read(n)
+    if not data:
+        return None
+    while len(data) < n:
+        more = stream.read(n - len(data))
+        if not more:
+            raise AgentError("input ended inside a frame")
+        data += more
+    return data
+
+
+def _chunks(item: AgentItem) -> Iterator[bytes]:
+    yield item.head
+    if item.body is not None:
+        yield item.body
+    if item.body_path is not None:
+        with open(item.body_path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                yield chunk
+
+
+def serve(stdin: BinaryIO, stdout: BinaryIO, delivery: MaildirDelivery) -> None:
+    """Answer batches until the input ends."""
+    while (head := _read_exactly(stdin, 4)) is not None:
+        (size,) = _U32.unpack(head)
+        payload = _read_exactly(stdin, size) if size else b""
+        if payload is None:
+            raise AgentError("input ended inside a frame")
+        items = [DeliveryItem(it.address, _chunks(it), it.return_path, it.delivered_to,
+                              it.folder) for it in decode_request(payload)]
+        stdout.write(encode_reply(delivery.deliver_batch(items)))
+        stdout.flush()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m postwright.delivery.agent MAIL_ROOT HOSTNAME", file=sys.stderr)
+        return 2
+    # The server decides when the agent stops (it closes our input); a Ctrl-C meant for the
+    # server's terminal must not cut a batch in half.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    serve(sys.stdin.buffer, sys.stdout.buffer, MaildirDelivery(Path(argv[0]), hostname=argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
