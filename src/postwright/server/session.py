@@ -319,9 +319,10 @@ class InboundSession:
             self.send(Reply(451, "4.3.0", "Temporary failure, try again later"))
             self._clear()
             return
-        log.info("queued", extra={"event": "queued", "id": qid, "client": self.client,
-                                  "sender": envelope.sender, "size": ev.size,
-                                  "recipients": [r.address for r in envelope.recipients]})
+        if log.isEnabledFor(logging.INFO):  # spares building the fields for every message
+            log.info("queued", extra={"event": "queued", "id": qid, "client": self.client,
+                                      "sender": envelope.sender, "size": ev.size,
+                                      "recipients": [r.address for r in envelope.recipients]})
         self.send(Reply(250, "2.0.0", f"Ok: queued as {qid}"))
         self._clear()
         self.services.on_queued(qid)
