@@ -23,6 +23,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,7 +32,7 @@ from ..errors import QueueError
 from . import journal, recovery
 from .body import BodyWriter
 from .index import Entry, QueueIndex
-from .journal import Journal, QueueStats, RecordType
+from .journal import AppendResult, Journal, QueueStats, RecordType
 from .records import (
     FINAL,
     Op,
@@ -277,22 +278,25 @@ class QueueStore:
         await item.future
 
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._pending:
             if self.commit_window > 0:
                 await asyncio.sleep(self.commit_window)
             batch = self._take_batch()
             assert self._journal is not None
             dirs = [self._bodies] if any(p.body_dir for p in batch) else []
-            try:
-                segment, offset, rotated = await asyncio.to_thread(
-                    self._journal.append, [p.data for p in batch], dirs)
-            except Exception as exc:
-                error = QueueError(f"queue write failed: {exc}")
-                error.__cause__ = exc
+            appended: asyncio.Future[AppendResult | Exception] = loop.create_future()
+            self._journal.append_in_background([p.data for p in batch], dirs,
+                                               partial(_hand_back, loop, appended))
+            outcome = await appended
+            if isinstance(outcome, Exception):
+                error = QueueError(f"queue write failed: {outcome}")
+                error.__cause__ = outcome
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(error)
                 continue
+            segment, offset, rotated = outcome
             self._index.active = segment
             for p in batch:
                 self._index.apply(p.op, segment, offset, len(p.data))
@@ -462,6 +466,20 @@ class QueueStore:
         except QueueError:
             if qid in self._index.entries:
                 raise
+
+
+def _hand_back(loop: asyncio.AbstractEventLoop,
+               future: asyncio.Future[AppendResult | Exception],
+               outcome: AppendResult | Exception) -> None:
+    """Called in the journal's writer thread: pass the outcome of a batch to the loop."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(_settle, future, outcome)
+
+
+def _settle(future: asyncio.Future[AppendResult | Exception],
+            outcome: AppendResult | Exception) -> None:
+    if not future.done():
+        future.set_result(outcome)
 
 
 __all__ = ["BodyWriter", "QueueStore", "QueueStats", "QueuedMessage", "RecipientResult",
