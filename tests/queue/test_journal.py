@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,29 @@ def test_journal_appends_batches_and_rotates(tmp_path: Path) -> None:
     again.close()
     assert [f.payload for f in scan(tmp_path / "00000002.log") if isinstance(f, Frame)] == [
         b"c", b"d"]
+
+
+def test_background_appends_report_results_and_errors_then_close_stops_the_writer(
+        tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "segments", segment_size=100, stats=QueueStats())
+    (tmp_path / "segments").mkdir()
+    journal.start()
+    outcomes: queue.SimpleQueue[object] = queue.SimpleQueue()
+    before = threading.active_count()
+    journal.append_in_background(records(b"a" * 120), [], outcomes.put)
+    assert outcomes.get(timeout=10) == (1, 0, False)
+    assert threading.active_count() == before + 1  # the writer, started on first use
+    # The segment is past its size, so the next append starts a new one: in a directory
+    # that is gone, that fails, and the error comes back instead of killing the writer.
+    for path in (tmp_path / "segments").iterdir():
+        path.unlink()
+    (tmp_path / "segments").rmdir()
+    journal.append_in_background(records(b"b"), [], outcomes.put)
+    assert isinstance(outcomes.get(timeout=10), FileNotFoundError)
+    (tmp_path / "segments").mkdir()
+    journal.append_in_background(records(b"c"), [], outcomes.put)
+    assert outcomes.get(timeout=10) == (2, 0, True)
+    journal.close()
+    assert threading.active_count() == before
+    assert [f.payload for f in scan(tmp_path / "segments" / "00000002.log")
+            if isinstance(f, Frame)] == [b"c"]

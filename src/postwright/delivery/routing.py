@@ -44,7 +44,11 @@ class Resolution:
 
 def base_local_part(local_part: str, delimiters: str = "+") -> str:
     """``bob+tag`` -> ``bob``: cut at the first delimiter, unless that leaves nothing."""
-    cut = min((i for i in (local_part.find(d) for d in delimiters) if i > 0), default=-1)
+    cut = -1
+    for d in delimiters:  # a plain loop: this runs several times per recipient
+        i = local_part.find(d)
+        if i > 0 and (cut < 0 or i < cut):
+            cut = i
     return local_part[:cut] if cut > 0 else local_part
 
 

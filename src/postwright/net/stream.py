@@ -27,7 +27,15 @@ class Stream(asyncio.Protocol):
         self._waiter: asyncio.Future[bool] | None = None
         self._eof = False
         self._paused = False
-        self._closed = asyncio.get_running_loop().create_future()
+        # Kept: asyncio.get_running_loop() checks the process id on every call, and a
+        # session waits once per command.
+        self._loop = asyncio.get_running_loop()
+        self._closed = self._loop.create_future()
+        # One timer per connection, re-armed only when it fires early (see wait_data).
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._tls: tuple[str, str] | None | _Unset = _UNSET
         self._early: list[bytes] = []
 
     # ---- asyncio.Protocol --------------------------------------------------------------
@@ -59,6 +67,9 @@ class Stream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self._closed.done():
             self._closed.set_result(None)
         self._wake()
@@ -84,23 +95,43 @@ class Stream(asyncio.Protocol):
     async def wait_data(self, timeout: float) -> bool:
         """Wait for more input or EOF; False on timeout.
 
-        A bare future and one timer handle: cheaper than ``asyncio.wait_for``, which matters
-        because a session waits once per command.
+        A bare future rather than ``asyncio.wait_for``, and no new timer per wait: a session
+        waits once per command, so the connection keeps one timer that is left running
+        between waits. When it fires it compares the clock with the deadline of the current
+        wait and sets itself again if that lies further ahead; a wait with a nearer deadline
+        moves it forward.
         """
         if self._eof:
             return True
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiter: asyncio.Future[bool] = loop.create_future()
         self._waiter = waiter
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        timer = loop.call_later(timeout, _expire, waiter)
+        self._deadline = deadline = loop.time() + timeout
+        if self._timer is None or deadline < self._timer_at:
+            self._arm(deadline)
         try:
             return await waiter
         finally:
-            timer.cancel()
             self._waiter = None
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting: the next wait sets a new timer
+        if self._loop.time() >= self._deadline:
+            waiter.set_result(False)
+        else:
+            self._arm(self._deadline)
 
     def write(self, data: bytes) -> None:
         if data and self.transport is not None and not self.transport.is_closing():
@@ -120,13 +151,17 @@ class Stream(asyncio.Protocol):
     @property
     def tls(self) -> tuple[str, str] | None:
         """(protocol version, cipher name) once TLS is up."""
+        if not isinstance(self._tls, _Unset):
+            return self._tls  # asked once per message; fixed until start_tls
         if self.transport is None:
             return None
         obj = self.transport.get_extra_info("ssl_object")
         if obj is None:
-            return None
-        cipher = obj.cipher()
-        return (str(obj.version()), str(cipher[0]) if cipher else "")
+            self._tls = None
+        else:
+            cipher = obj.cipher()
+            self._tls = (str(obj.version()), str(cipher[0]) if cipher else "")
+        return self._tls
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> None:
         """Upgrade this connection in place (STARTTLS, RFC 3207).
@@ -138,14 +173,16 @@ class Stream(asyncio.Protocol):
         Plaintext that came before this call went to the old sink, which discards it.
         """
         assert self.transport is not None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._early.clear()
+        self._tls = _UNSET
         self.sink = None  # no await between this and start_tls taking the transport
         new = await loop.start_tls(self.transport, self, context, server_side=True,
                                    ssl_handshake_timeout=timeout)
         if new is None:
             raise ConnectionError("TLS handshake failed")
         self.transport = new
+        self._tls = _UNSET
 
     def _wake(self) -> None:
         w = self._waiter
@@ -153,6 +190,8 @@ class Stream(asyncio.Protocol):
             w.set_result(True)
 
 
-def _expire(waiter: asyncio.Future[bool]) -> None:
-    if not waiter.done():
-        waiter.set_result(False)
+class _Unset:
+    """Marks the TLS details as not looked up yet (None means: no TLS)."""
+
+
+_UNSET = _Unset()

@@ -14,6 +14,7 @@ Size limits are counted in octets of the UTF-8 encoding of the text as written.
 from __future__ import annotations
 
 import ipaddress
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import NoReturn
@@ -28,6 +29,13 @@ _ATEXT = _ALNUM | frozenset("!#$%&'*+-/=?^_`{|}~")
 _LDH = _ALNUM | frozenset("-")
 # Non-ASCII characters refused even with SMTPUTF8: controls, surrogates, line separators.
 _BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+# Runs of the ASCII characters the scanner accepts, matched in bulk rather than one at a
+# time: a local part (atext and dots), a domain (letters, digits, hyphens and dots), and a
+# whole ASCII Dot-string. Built from the sets above so the two cannot drift apart.
+_LOCAL_RUN = re.compile("[" + re.escape("".join(sorted(_ATEXT | {"."}))) + "]*")
+_DOMAIN_RUN = re.compile("[" + re.escape("".join(sorted(_LDH | {"."}))) + "]*")
+_ATOM = "[" + re.escape("".join(sorted(_ATEXT))) + "]+"
+_DOT_STRING = re.compile(f"{_ATOM}(?:\\.{_ATOM})*")
 
 
 class AddressError(ValueError):
@@ -45,10 +53,17 @@ class Domain:
 
     def ascii(self) -> str:
         """The lower-case A-label form (address literals: the lower-cased literal)."""
+        name = self.name
         if self.is_literal:
-            return self.name.lower()
-        labels = [_label_to_ascii(label) for label in self.name.split(".")]
-        result = ".".join(labels)
+            return name.lower()
+        if name.isascii():
+            # The usual case, asked several times per recipient: every label is its own
+            # A-label, so only empty labels need looking for.
+            if not name or name[0] == "." or name[-1] == "." or ".." in name:
+                raise AddressError("empty label in domain")
+            result = name.lower()
+        else:
+            result = ".".join([_label_to_ascii(label) for label in name.split(".")])
         if len(result) > MAX_DOMAIN:
             raise AddressError("domain too long")
         return result
@@ -164,6 +179,8 @@ def _octets(s: str) -> int:
 
 
 def _is_dot_string(s: str) -> bool:
+    if s.isascii():
+        return _DOT_STRING.fullmatch(s) is not None
     if not s or s.startswith(".") or s.endswith(".") or ".." in s:
         return False
     return all(c in _ATEXT or c == "." or _usable_non_ascii(c) for c in s)
@@ -268,9 +285,11 @@ class _Scanner:
     def dot_string(self) -> str:
         text, start = self.text, self.pos
         i = start
-        while i < len(text):
-            c = text[i]
-            if c in _ATEXT or c == "." or self.non_ascii(c):
+        while True:
+            run = _LOCAL_RUN.match(text, i)
+            assert run is not None  # the pattern matches the empty string too
+            i = run.end()
+            if i < len(text) and self.non_ascii(text[i]):
                 i += 1
             else:
                 break
@@ -317,9 +336,11 @@ class _Scanner:
     def domain(self) -> Domain:
         text, start = self.text, self.pos
         i = start
-        while i < len(text):
-            c = text[i]
-            if c in _LDH or c == "." or self.non_ascii(c):
+        while True:
+            run = _DOMAIN_RUN.match(text, i)
+            assert run is not None  # the pattern matches the empty string too
+            i = run.end()
+            if i < len(text) and self.non_ascii(text[i]):
                 i += 1
             else:
                 break

@@ -6,7 +6,7 @@ renders itself to wire bytes; nothing else in postwright builds reply strings by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +14,9 @@ class Reply:
     code: int
     enhanced: str | None
     lines: tuple[str, ...]
+    # The rendering with the enhanced code, kept once made: constant replies (module-level
+    # values such as "250 2.1.5 Recipient ok") are then rendered once per process.
+    _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __init__(self, code: int, enhanced: str | None, *lines: str) -> None:
         if not 200 <= code <= 599:
@@ -26,6 +29,7 @@ class Reply:
         object.__setattr__(self, "code", code)
         object.__setattr__(self, "enhanced", enhanced)
         object.__setattr__(self, "lines", tuple(lines) or ("",))
+        object.__setattr__(self, "_wire", None)
 
     @property
     def text(self) -> str:
@@ -45,6 +49,15 @@ class Reply:
 
     def to_bytes(self, enhanced: bool = True) -> bytes:
         """Render as wire bytes; ``enhanced=False`` omits the enhanced status code."""
+        if enhanced:
+            wire = self._wire
+            if wire is None:
+                wire = self._render(True)
+                object.__setattr__(self, "_wire", wire)
+            return wire
+        return self._render(False)
+
+    def _render(self, enhanced: bool) -> bytes:
         prefix = f"{self.enhanced} " if enhanced and self.enhanced else ""
         out = []
         last = len(self.lines) - 1

@@ -8,18 +8,20 @@ the CRC covering the type byte and the payload, so every record validates itself
 the next valid record after damage.
 
 This module knows nothing about messages or what payloads mean (see ``store.py``); it does not
-decide what to do with damage. No asyncio here: :meth:`Journal.append` blocks and is meant to
-run in a worker thread. Not an RFC topic; the durability rule is RFC 5321 section 4.5.4.1's
-"the receiver MUST NOT lose the message" after a 2xx to end-of-data.
+decide what to do with damage. No asyncio here: :meth:`Journal.append` blocks; the store
+hands batches to the journal's own writer thread with :meth:`Journal.append_in_background`.
+Not an RFC topic; the durability rule is RFC 5321 section 4.5.4.1's "the receiver MUST NOT
+lose the message" after a 2xx to end-of-data.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import struct
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -43,6 +45,10 @@ class RecordType(IntEnum):
 
 
 _TYPES = frozenset(int(t) for t in RecordType)
+
+# What an append returns: (segment, offset of the first record, whether a segment started).
+AppendResult = tuple[int, int, bool]
+_Request = tuple[Sequence[bytes], Sequence[Path], Callable[[AppendResult | Exception], None]]
 
 
 @dataclass
@@ -265,6 +271,8 @@ class Journal:
         self._fd = -1
         self._broken = False
         self._lock = threading.Lock()
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
 
     def path(self, number: int) -> Path:
         return self.directory / segment_name(number)
@@ -303,8 +311,7 @@ class Journal:
         self.active = number
         self._broken = False
 
-    def append(self, bufs: Sequence[bytes], sync_dirs: Sequence[Path] = ()
-               ) -> tuple[int, int, bool]:
+    def append(self, bufs: Sequence[bytes], sync_dirs: Sequence[Path] = ()) -> AppendResult:
         """Write ``bufs`` with one writev and one fdatasync.
 
         Returns (segment, offset of the first record, whether a new segment was started).
@@ -337,6 +344,31 @@ class Journal:
             self.sizes[self.active] = start + written
             return self.active, start, rotated
 
+    def append_in_background(self, bufs: Sequence[bytes], sync_dirs: Sequence[Path],
+                             done: Callable[[AppendResult | Exception], None]) -> None:
+        """Have the writer thread :meth:`append`; it then calls ``done`` with the result or
+        the exception. ``done`` runs in that thread and must not raise.
+
+        One long-lived thread, started on first use, rather than a thread-pool task per
+        batch: a pool hand-off costs the event loop several times more (futures, callbacks,
+        context copies) and keeps the worker holding the GIL longer.
+        """
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                            name="postwright-journal")
+            self._writer.start()
+        self._requests.put((bufs, sync_dirs, done))
+
+    def _write_loop(self) -> None:
+        while (request := self._requests.get()) is not None:
+            bufs, sync_dirs, done = request
+            outcome: AppendResult | Exception
+            try:
+                outcome = self.append(bufs, sync_dirs)
+            except Exception as exc:
+                outcome = exc
+            done(outcome)
+
     def delete(self, number: int) -> bool:
         """Remove a closed segment, durably (the directory is synced); False if gone already."""
         with self._lock:
@@ -355,6 +387,11 @@ class Journal:
             return True
 
     def close(self) -> None:
+        """Stop the writer thread once it has done what it was given; close the segment."""
+        if self._writer is not None:
+            self._requests.put(None)
+            self._writer.join()
+            self._writer = None
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)

@@ -138,9 +138,12 @@ def _state(s: RecipientState) -> dict[str, Any]:
             "last_reply": s.last_reply}
 
 
+# Made once: json.dumps with options other than the defaults builds a new encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def encode(op: Op, body: bytes = b"") -> tuple[bytes, Op]:

@@ -20,9 +20,9 @@ import contextlib
 import fcntl
 import io
 import os
-import secrets
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,7 +31,7 @@ from ..errors import QueueError
 from . import journal, recovery
 from .body import BodyWriter
 from .index import Entry, QueueIndex
-from .journal import Journal, QueueStats, RecordType
+from .journal import AppendResult, Journal, QueueStats, RecordType
 from .records import (
     FINAL,
     Op,
@@ -46,6 +46,7 @@ from .schedule import RetrySchedule
 _MAX_BATCH_RECORDS = 1024
 _MAX_BATCH_BYTES = 4 * 1024 * 1024
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: ASCII order = numeric order
+_RANDOM_BLOCK = 128  # random id starts fetched per os.urandom call
 
 
 @dataclass(slots=True)
@@ -89,6 +90,8 @@ class QueueStore:
         self._maintainer: asyncio.Task[None] | None = None
         self._slots: dict[str, _Slot] = {}
         self._last_id = (0, 0)
+        self._random_starts: list[int] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._opened = False
         self.maintenance_error: Exception | None = None
 
@@ -254,7 +257,7 @@ class QueueStore:
         if ms <= last_ms and last_seq < (1 << 32) - 1:
             ms, seq = last_ms, last_seq + 1
         else:
-            ms, seq = max(ms, last_ms + 1), secrets.randbits(24)
+            ms, seq = max(ms, last_ms + 1), self._random_start()
         while True:
             self._last_id = (ms, seq)
             value = (ms << 32) | seq
@@ -262,6 +265,18 @@ class QueueStore:
             if qid not in self._index.entries:
                 return qid
             seq += 1
+
+    def _random_start(self) -> int:
+        """24 random bits to start a new millisecond's ids with, as from secrets.randbits(24).
+
+        Fetched from os.urandom in blocks: a system call per message showed in profiles of
+        the event loop thread.
+        """
+        if not self._random_starts:
+            block = os.urandom(3 * _RANDOM_BLOCK)
+            self._random_starts = [int.from_bytes(block[i:i + 3], "big")
+                                   for i in range(0, len(block), 3)]
+        return self._random_starts.pop()
 
     def _writable(self) -> None:
         if not self._opened:
@@ -272,7 +287,7 @@ class QueueStore:
     # ---- group commit -----------------------------------------------------------------
     async def _submit(self, op: Op, body: bytes = b"", *, body_dir: bool = False) -> None:
         """Hand one record to the flusher and wait until it is durable and applied."""
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         data, op = encode(op, body)
         item = _Pending(data, op, loop.create_future(), body_dir)
         self._pending.append(item)
@@ -280,23 +295,39 @@ class QueueStore:
             self._flusher = loop.create_task(self._flush_loop())
         await item.future
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The caller's event loop, remembered while it runs.
+
+        asyncio.get_running_loop() makes a getpid() system call each time (Python 3.11),
+        which showed in profiles at one call per message. A store is used from one thread,
+        and a thread runs one loop at a time: while the remembered loop runs, it is the
+        caller's. A new loop (the CLI runs one per command) is looked up again.
+        """
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
     async def _flush_loop(self) -> None:
+        loop = self._running_loop()
         while self._pending:
             if self.commit_window > 0:
                 await asyncio.sleep(self.commit_window)
             batch = self._take_batch()
             assert self._journal is not None
             dirs = [self._bodies] if any(p.body_dir for p in batch) else []
-            try:
-                segment, offset, rotated = await asyncio.to_thread(
-                    self._journal.append, [p.data for p in batch], dirs)
-            except Exception as exc:
-                error = QueueError(f"queue write failed: {exc}")
-                error.__cause__ = exc
+            appended: asyncio.Future[AppendResult | Exception] = loop.create_future()
+            self._journal.append_in_background([p.data for p in batch], dirs,
+                                               partial(_hand_back, loop, appended))
+            outcome = await appended
+            if isinstance(outcome, Exception):
+                error = QueueError(f"queue write failed: {outcome}")
+                error.__cause__ = outcome
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(error)
                 continue
+            segment, offset, rotated = outcome
             self._index.active = segment
             for p in batch:
                 self._index.apply(p.op, segment, offset, len(p.data))
@@ -466,6 +497,20 @@ class QueueStore:
         except QueueError:
             if qid in self._index.entries:
                 raise
+
+
+def _hand_back(loop: asyncio.AbstractEventLoop,
+               future: asyncio.Future[AppendResult | Exception],
+               outcome: AppendResult | Exception) -> None:
+    """Called in the journal's writer thread: pass the outcome of a batch to the loop."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(_settle, future, outcome)
+
+
+def _settle(future: asyncio.Future[AppendResult | Exception],
+            outcome: AppendResult | Exception) -> None:
+    if not future.done():
+        future.set_result(outcome)
 
 
 __all__ = ["BodyWriter", "QueueStore", "QueueStats", "QueuedMessage", "RecipientResult",

@@ -105,7 +105,12 @@ class AuthChecks:
     max_size: int = 10 << 20
 
 
+# Replies sent on every transaction, made once: a Reply keeps its rendered bytes.
 _OK = Reply(250, "2.0.0", "Ok")
+_SENDER_OK = Reply(250, "2.1.0", "Sender ok")
+_RECIPIENT_OK = Reply(250, "2.1.5", "Recipient ok")
+_GO_AHEAD = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+_BYE = Reply(221, "2.0.0", "Bye")
 
 
 class InboundSession:
@@ -218,14 +223,14 @@ class InboundSession:
     async def simple(self, ev: Command) -> None:
         verb = ev.verb
         if verb == "DATA":
-            self.send(Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
+            self.send(_GO_AHEAD)
         elif verb == "RSET":
             self._clear()
             self.send(_OK)
         elif verb == "NOOP":
             self.send(_OK)
         elif verb == "QUIT":
-            self.send(Reply(221, "2.0.0", "Bye"))
+            self.send(_BYE)
         elif verb == "VRFY":
             self.send(Reply(252, "2.5.0", "Cannot VRFY user, but will accept message"))
         elif verb == "EXPN":
@@ -253,7 +258,7 @@ class InboundSession:
         # only from trusted peers; from anyone else it is parsed and ignored.
         self.mail_auth = (ev.params.auth if self.trusted and ev.params.auth not in (None, "<>")
                           else None)
-        self.send(Reply(250, "2.1.0", "Sender ok"))
+        self.send(_SENDER_OK)
 
     def rcpt(self, ev: Rcpt) -> None:
         path = ev.path
@@ -279,7 +284,7 @@ class InboundSession:
                 continue
             self._seen.add(target.lower())
             self.recipients.append(Recipient(target, orcpt, ev.params.notify))
-        self.send(Reply(250, "2.1.5", "Recipient ok"))
+        self.send(_RECIPIENT_OK)
 
     def _reject_rcpt(self, mailbox: Mailbox, reply: Reply, reason: str) -> None:
         log.info("recipient refused", extra={"event": "reject", "client": self.client,
@@ -314,9 +319,10 @@ class InboundSession:
             self.send(Reply(451, "4.3.0", "Temporary failure, try again later"))
             self._clear()
             return
-        log.info("queued", extra={"event": "queued", "id": qid, "client": self.client,
-                                  "sender": envelope.sender, "size": ev.size,
-                                  "recipients": [r.address for r in envelope.recipients]})
+        if log.isEnabledFor(logging.INFO):  # spares building the fields for every message
+            log.info("queued", extra={"event": "queued", "id": qid, "client": self.client,
+                                      "sender": envelope.sender, "size": ev.size,
+                                      "recipients": [r.address for r in envelope.recipients]})
         self.send(Reply(250, "2.0.0", f"Ok: queued as {qid}"))
         self._clear()
         self.services.on_queued(qid)
