@@ -388,3 +388,63 @@ def test_compaction_never_brings_a_removed_message_back(stores: Stores, tmp_path
     assert again.ids() == [big]
     assert again.get(big).recipients[0].attempts == 120
     again.close()
+
+
+def test_record_many_shares_one_sync_and_reports_unknown_ids(stores: Stores) -> None:
+    store = stores()
+    store.open()
+
+    async def main() -> list[QueueError | None]:
+        ids = [await put(store, f"m{i}\r\n".encode(), "a@example.test", "b@example.test")
+               for i in range(40)]
+        syncs = store.stats.syncs
+        delivered = RecipientResult("delivered", "2.0.0 ok")
+        deferred = RecipientResult("deferred", "4.2.0 later")
+        batch = [(qid, {0: delivered, 1: delivered}) for qid in ids[:30]]
+        batch += [(qid, {0: delivered, 1: deferred}) for qid in ids[30:]]
+        batch.append(("NOSUCHMESSAGE000", {0: delivered}))
+        errors = await store.record_many(batch, now=1001.0)
+        assert store.stats.syncs - syncs <= 2  # one batch, however many messages
+        assert store.ids() == sorted(ids[30:])  # the finished ones left the queue
+        for qid in ids[30:]:
+            states = store.get(qid).recipients
+            assert [s.status for s in states] == ["delivered", "deferred"]
+            assert states[1].attempts == 1 and states[1].next_attempt > 1001.0
+        with pytest.raises(ValueError):
+            await store.record_many([(ids[30], {1: delivered}), (ids[30], {1: delivered})],
+                                    now=1002.0)
+        return errors
+
+    errors = asyncio.run(main())
+    assert errors[:40] == [None] * 40 and isinstance(errors[40], QueueError)
+
+
+def test_a_removed_message_body_is_gone_even_when_just_committed(stores: Stores) -> None:
+    store = stores()
+    store.open()
+
+    async def main() -> None:
+        qid = await put(store, b"Subject: x\r\n\r\nfresh\r\n")
+        assert read(store, qid) == b"Subject: x\r\n\r\nfresh\r\n"
+        await store.record(qid, {0: RecipientResult("delivered", "2.0.0 ok")}, now=1001.0)
+        with pytest.raises(QueueError):
+            read(store, qid)
+        other = await put(store, b"Subject: y\r\n\r\nkept\r\n")
+        await store.delete(other)
+        with pytest.raises(QueueError):
+            read(store, other)
+
+    asyncio.run(main())
+
+
+def test_bodies_read_back_right_past_the_in_memory_window(stores: Stores) -> None:
+    store = stores(spill_threshold=1 << 20)
+    store.open()
+    bodies = [bytes([65 + i % 26]) * (600 * 1024) + f"{i}\r\n".encode() for i in range(40)]
+
+    async def main() -> list[str]:
+        return [await put(store, body) for body in bodies]  # 24 MB: more than is kept
+
+    ids = asyncio.run(main())
+    for qid, body in zip(ids, bodies, strict=True):
+        assert read(store, qid) == body

@@ -139,8 +139,9 @@ class DeliveryManager:
         if local:
             outcome = await self._deliver_local(local)
             now = self.clock()
-            await asyncio.gather(*(self._record(msg, results, now)
-                                   for (msg, _due), results in zip(local, outcome, strict=True)))
+            await self._record_many([(msg, results)
+                                     for (msg, _due), results in zip(local, outcome, strict=True)],
+                                    now)
         return taken
 
     def _start_remote(self, domain: str, jobs: list[Job]) -> None:
@@ -173,15 +174,28 @@ class DeliveryManager:
         finally:
             now = self.clock()
             try:
-                await asyncio.gather(*(self._record(job.msg, job.results, now)
-                                       for job in jobs if job.results))
+                await self._record_many([(job.msg, job.results) for job in jobs if job.results],
+                                        now)
             finally:
                 for job in jobs:
                     self._inflight.difference_update((job.msg.id, i) for i in job.indices)
                 self._wake.set()
 
-    async def _record(self, msg: QueuedMessage, results: dict[int, RecipientResult],
+    async def _record_many(self, batch: list[tuple[QueuedMessage, dict[int, RecipientResult]]],
+                           now: float) -> None:
+        """Settle each message's results (expiry, bounces), then record them all at once."""
+        for msg, results in batch:
+            await self._settle(msg, results, now)  # waits only when a report must be queued
+        errors = await self.queue.record_many([(msg.id, results) for msg, results in batch],
+                                              now=now)
+        for (msg, results), error in zip(batch, errors, strict=True):
+            if error is None:  # else deleted while we delivered it
+                self._log_results(msg, results)
+
+    async def _settle(self, msg: QueuedMessage, results: dict[int, RecipientResult],
                       now: float) -> None:
+        """Turn expired deferrals into failures, queue delay warnings and bounces; a failure
+        whose bounce cannot be queued stays deferred."""
         if self.schedule.expired(msg.arrived, now):
             for i, result in list(results.items()):
                 if result.status == "deferred":
@@ -204,10 +218,9 @@ class DeliveryManager:
                 log.exception("bounce failed", extra={"event": "error", "id": msg.id})
                 for i, result in failed.items():
                     results[i] = RecipientResult("deferred", result.reply)
-        try:
-            await self.queue.record(msg.id, results, now=now)
-        except QueueError:
-            return  # deleted while we delivered it
+
+    @staticmethod
+    def _log_results(msg: QueuedMessage, results: dict[int, RecipientResult]) -> None:
         for i, result in results.items():
             fields = {"event": result.status, "id": msg.id,
                       "recipient": msg.recipients[i].recipient.address, "reply": result.reply}

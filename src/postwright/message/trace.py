@@ -12,10 +12,10 @@ UTF8SMTPA, UTF8SMTPS, UTF8SMTPSA).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import time
 import unicodedata
-from datetime import UTC, datetime
-from email.utils import format_datetime
 
 PROTOCOLS = frozenset({
     "SMTP", "ESMTP", "ESMTPS", "ESMTPA", "ESMTPSA",
@@ -29,6 +29,13 @@ _STRUCTURAL = frozenset("()\\;<> \t")
 # characters (bidi overrides), surrogates, private use, unassigned, line/paragraph separators
 # and non-ASCII spaces.
 _BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
+
+# For ASCII text (nearly every name), the same filters as translate() tables.
+_ASCII_TOKEN_DROP = {c: None for c in range(128)
+                     if not 0x21 <= c <= 0x7E or chr(c) in _STRUCTURAL}
+_ASCII_PATH_DROP = {c: None for c in range(128) if not 0x21 <= c <= 0x7E and c != 0x20}
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 _NAME_LIMIT = 255  # octets: a domain name is never longer (RFC 5321 section 4.5.3.1.2)
 _PATH_LIMIT = 256  # octets: the longest forward-path (RFC 5321 section 4.5.3.1.3)
@@ -86,10 +93,14 @@ def received_header(*, helo: str, client_address: str, client_name: str | None, 
 
 
 def _date(when: float) -> str:
-    """RFC 5322 date-time in UTC with a numeric "+0000" zone."""
-    return format_datetime(datetime.fromtimestamp(when, UTC))
+    """RFC 5322 date-time in UTC with a numeric "+0000" zone (English names, whatever the
+    locale)."""
+    t = time.gmtime(when)
+    return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000")
 
 
+@functools.lru_cache(maxsize=1024)  # the same few clients send most messages
 def _address_literal(address: str) -> str:
     """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` (RFC 5321 section 4.1.3); "" if not an IP."""
     try:
@@ -119,6 +130,8 @@ def _clip(text: str, limit: int) -> str:
 
 def _token(text: str, *, utf8: bool, limit: int) -> str:
     """A name with everything but visible characters dropped, structure characters too."""
+    if text.isascii():
+        return text.translate(_ASCII_TOKEN_DROP)[:limit]
     kept = "".join(ch for ch in text if _allowed(ch, utf8=utf8) and ch not in _STRUCTURAL)
     return _clip(kept, limit)
 
@@ -136,6 +149,8 @@ def _path_text(text: str, *, utf8: bool) -> str:
     text = text.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
+    if text.isascii():
+        return text.translate(_ASCII_PATH_DROP)[:_PATH_LIMIT]
     kept = "".join(ch for ch in text if ch == " " or _allowed(ch, utf8=utf8))
     return _clip(kept, _PATH_LIMIT)
 

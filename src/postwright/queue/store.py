@@ -20,7 +20,7 @@ import contextlib
 import fcntl
 import io
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -45,6 +45,7 @@ from .schedule import RetrySchedule
 
 _MAX_BATCH_RECORDS = 1024
 _MAX_BATCH_BYTES = 4 * 1024 * 1024
+_RECENT_BYTES = 16 * 1024 * 1024  # small bodies kept in memory between commit and delivery
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: ASCII order = numeric order
 # Every pair of digits: an 80-bit id is 8 table look-ups rather than 16 shifts and masks.
 _DIGIT_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
@@ -84,6 +85,12 @@ class QueueStore:
         self.readonly = False
         self._layout = recovery.Layout(self.directory)
         self._bodies = self._layout.bodies
+        self._incoming = self._layout.incoming
+        self._segment_paths: dict[int, Path] = {}
+        # Small bodies just committed, kept for their delivery: most are read back within
+        # milliseconds, and this spares a read (and its CRC check) of the journal.
+        self._recent: dict[str, bytes] = {}
+        self._recent_bytes = 0
         self._index = QueueIndex()
         self._journal: Journal | None = None
         self._lock_fd = -1
@@ -190,12 +197,15 @@ class QueueStore:
 
     def open_body(self, qid: str) -> BinaryIO:
         """The body as a binary file object; safe to call from a worker thread."""
+        recent = self._recent.get(qid)
+        if recent is not None:
+            return io.BytesIO(recent)
         for _ in range(3):
             entry = self._entry(qid)
             try:
                 if entry.body_file:
                     return open(self._bodies / qid, "rb")
-                frame = journal.read_frame(self._layout.segment(entry.segment), entry.offset,
+                frame = journal.read_frame(self._segment_path(entry.segment), entry.offset,
                                            entry.length)
             except FileNotFoundError:
                 continue  # moved by compaction meanwhile: look it up again
@@ -204,6 +214,23 @@ class QueueStore:
             start = entry.body_start
             return io.BytesIO(frame.payload[start:start + entry.msg.size])
         raise QueueError(f"body of {qid} not found")
+
+    def _segment_path(self, number: int) -> Path:
+        path = self._segment_paths.get(number)
+        if path is None:
+            path = self._segment_paths[number] = self._layout.segment(number)
+        return path
+
+    def _keep_recent(self, qid: str, body: bytes) -> None:
+        self._recent[qid] = body
+        self._recent_bytes += len(body)
+        while self._recent_bytes > _RECENT_BYTES:  # oldest first (dicts keep insertion order)
+            self._recent_bytes -= len(self._recent.pop(next(iter(self._recent))))
+
+    def _forget_recent(self, qid: str) -> None:
+        body = self._recent.pop(qid, None)
+        if body is not None:
+            self._recent_bytes -= len(body)
 
     def body_path(self, qid: str) -> Path | None:
         """The file holding the body when it has one of its own (large bodies), else None."""
@@ -223,7 +250,7 @@ class QueueStore:
 
     # ---- bodies and commits -----------------------------------------------------------
     def new_body(self) -> BodyWriter:
-        return BodyWriter(self._layout.incoming, self.spill_threshold)
+        return BodyWriter(self._incoming, self.spill_threshold)
 
     def discard(self, body: BodyWriter) -> None:
         body.discard()
@@ -251,6 +278,8 @@ class QueueStore:
         except QueueError:
             body.abandon()
             raise
+        if inline is not None:
+            self._keep_recent(qid, inline)
         return qid
 
     def _new_id(self, now: float) -> str:
@@ -289,13 +318,18 @@ class QueueStore:
     # ---- group commit -----------------------------------------------------------------
     async def _submit(self, op: Op, body: bytes = b"", *, body_dir: bool = False) -> None:
         """Hand one record to the flusher and wait until it is durable and applied."""
+        await self._enqueue(op, body, body_dir=body_dir)
+
+    def _enqueue(self, op: Op, body: bytes = b"", *, body_dir: bool = False
+                 ) -> asyncio.Future[None]:
+        """Hand one record to the flusher; the future is done once it is durable and applied."""
         loop = self._running_loop()
         data, op = encode(op, body)
         item = _Pending(data, op, loop.create_future(), body_dir)
         self._pending.append(item)
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush_loop())
-        await item.future
+        return item.future
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         """The caller's event loop, remembered while it runs.
@@ -370,27 +404,79 @@ class QueueStore:
         Each result counts as an attempt; "deferred" gets its next attempt from the schedule.
         Once every recipient is delivered or failed the message leaves the queue.
         """
+        [error] = await self.record_many([(qid, results)], now=now)
+        if error is not None:
+            raise error
+
+    async def record_many(self, batch: Sequence[tuple[str, Mapping[int, RecipientResult]]],
+                          *, now: float) -> list[QueueError | None]:
+        """:meth:`record` for several messages, all written in one go; per message, None or
+        the QueueError that stopped it (an unknown id: deleted meanwhile)."""
         self._writable()
-        async with self._exclusive(qid) as entry:
-            states = entry.msg.recipients
-            updates: dict[int, RecipientState] = {}
-            for i, result in results.items():
-                if result.status not in FINAL and result.status != "deferred":
-                    raise ValueError(f"bad recipient status {result.status!r}")
-                if not 0 <= i < len(states):
-                    raise QueueError(f"message {qid} has no recipient {i}")
-                attempts = states[i].attempts + 1
-                later = now + self.schedule.next_delay(attempts)
-                updates[i] = replace(states[i], status=result.status, attempts=attempts,
-                                     next_attempt=later if result.status == "deferred" else now,
-                                     last_reply=result.reply)
-            if all(updates.get(i, s).status in FINAL for i, s in enumerate(states)):
-                await self._remove(entry)
-            elif updates:
-                await self._submit(Op(RecordType.STATUS, qid, updates=updates))
+        errors: list[QueueError | None] = [None] * len(batch)
+        slots: list[tuple[str, _Slot]] = []
+        waits: list[asyncio.Future[None]] = []
+        removed: list[Entry] = []
+        if len({qid for qid, _ in batch}) != len(batch):
+            raise ValueError("a message appears twice in one record batch")
+        try:
+            # Locks in id order, so two batches can never wait for each other.
+            for n in sorted(range(len(batch)), key=lambda n: batch[n][0]):
+                qid, results = batch[n]
+                slot = self._slots.setdefault(qid, _Slot())
+                slot.users += 1
+                slots.append((qid, slot))
+                await slot.lock.acquire()  # returns at once unless a hold/delete is under way
+                try:
+                    entry = self._entry(qid)
+                    op = self._status_op(entry, results, now)
+                except QueueError as exc:
+                    errors[n] = exc
+                    continue
+                if op is not None:
+                    waits.append(self._enqueue(op))
+                    if op.rtype == RecordType.REMOVE:
+                        removed.append(entry)
+            for wait in waits:
+                await wait
+        finally:
+            for qid, slot in slots:
+                if slot.lock.locked():
+                    slot.lock.release()
+                slot.users -= 1
+                if not slot.users:
+                    del self._slots[qid]
+        for entry in removed:
+            await self._removed(entry)
+        return errors
+
+    def _status_op(self, entry: Entry, results: Mapping[int, RecipientResult],
+                   now: float) -> Op | None:
+        """The record that applies ``results`` to a message: STATUS, REMOVE or nothing."""
+        qid = entry.msg.id
+        states = entry.msg.recipients
+        updates: dict[int, RecipientState] = {}
+        for i, result in results.items():
+            if result.status not in FINAL and result.status != "deferred":
+                raise ValueError(f"bad recipient status {result.status!r}")
+            if not 0 <= i < len(states):
+                raise QueueError(f"message {qid} has no recipient {i}")
+            attempts = states[i].attempts + 1
+            later = now + self.schedule.next_delay(attempts)
+            updates[i] = replace(states[i], status=result.status, attempts=attempts,
+                                 next_attempt=later if result.status == "deferred" else now,
+                                 last_reply=result.reply)
+        if all(updates.get(i, s).status in FINAL for i, s in enumerate(states)):
+            return Op(RecordType.REMOVE, qid)
+        return Op(RecordType.STATUS, qid, updates=updates) if updates else None
 
     async def _remove(self, entry: Entry) -> None:
         await self._submit(Op(RecordType.REMOVE, entry.msg.id))
+        await self._removed(entry)
+
+    async def _removed(self, entry: Entry) -> None:
+        """After a durable REMOVE: let go of the body."""
+        self._forget_recent(entry.msg.id)
         if entry.body_file:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(os.unlink, self._bodies / entry.msg.id)
