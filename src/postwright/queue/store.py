@@ -273,13 +273,14 @@ class QueueStore:
                             [RecipientState(r, "pending", 0, now, None)
                              for r in envelope.recipients])
         op = Op(RecordType.MESSAGE, qid, message=msg, body_file=inline is None, crc=body.crc)
+        if inline is not None:  # kept before the record is applied: delivery may start then
+            self._keep_recent(qid, inline)
         try:
             await self._submit(op, inline or b"", body_dir=inline is None)
         except QueueError:
+            self._forget_recent(qid)
             body.abandon()
             raise
-        if inline is not None:
-            self._keep_recent(qid, inline)
         return qid
 
     def _new_id(self, now: float) -> str:
