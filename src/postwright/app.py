@@ -136,6 +136,7 @@ class App:
         self.control = ControlServer(cfg.data_dir / "control.sock", self.queue,
                                      self.manager.wake, self.router, cfg.hostname)
         await self.control.start()
+        await self.maildir.start()  # a child that cannot start is a start-up error
         self._manager_task = asyncio.get_running_loop().create_task(self.manager.run())
 
     def _handler(self, role: Role) -> Callable[[Stream], Awaitable[None]]:

@@ -38,6 +38,16 @@ def test_request_round_trip_keeps_every_field() -> None:
     assert decode_request(frame[4:]) == items
 
 
+def test_a_body_shared_by_many_recipients_crosses_the_pipe_once() -> None:
+    body = b"x" * 100_000
+    one = encode_request([item(body=body)])
+    hundred = encode_request([item(f"u{i}@example.test", body=body) for i in range(100)])
+    assert len(hundred) < len(one) + 100 * 200
+    decoded = decode_request(hundred[4:])
+    assert len(decoded) == 100 and all(d.body == body for d in decoded)
+    assert decoded[99].address == "u99@example.test"
+
+
 def test_reply_round_trip_maps_error_kinds() -> None:
     results: list[Path | Exception] = [Path("/m/new/1,S=3"), MaildirNameError("bad ../x"),
                                        OSError(28, "No space left on device")]

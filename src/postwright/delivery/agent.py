@@ -9,10 +9,12 @@ time over a pipe and restarts it if it dies; ``python -m postwright.delivery.age
 child, which hands each batch to :class:`~postwright.delivery.maildir.MaildirDelivery`.
 
 Wire format (private to this module, both ends are this file): a frame is a 4-byte
-big-endian length and a payload. A request is a count and, per item, seven fields (address,
-folder, Return-Path, Delivered-To, header bytes, body bytes, body file path); a reply is a
-count and, per item, a kind byte (delivered / bad name / error) and one text field. A field
-is a 4-byte length (``0xFFFFFFFF`` for none) and its bytes.
+big-endian length and a payload. A request holds the batch's bodies, each once (body bytes or
+a body file path), then its items, each with five fields (address, folder, Return-Path,
+Delivered-To, header bytes) and the number of its body: a message for 100 local recipients
+crosses the pipe once. A reply is a count and, per item, a kind byte (delivered / bad name /
+error) and one text field. Numbers are 4 bytes big-endian; a field is a length
+(``0xFFFFFFFF`` for none) and its bytes.
 
 Not here: routing, the queue, retries (the manager decides what a failure means). A child
 that exits mid-batch fails that whole batch as temporary: some of its messages may be in
@@ -69,13 +71,21 @@ def _text(value: str | None) -> bytes | None:
 
 
 def encode_request(items: Sequence[AgentItem]) -> bytes:
-    parts = [_U32.pack(len(items))]
+    bodies: dict[tuple[int, Path | None], int] = {}  # the same body object is sent once
+    body_parts: list[bytes] = []
+    item_parts: list[bytes] = []
     for it in items:
-        parts += (_field(_text(it.address)), _field(_text(it.folder)),
-                  _field(_text(it.return_path)), _field(_text(it.delivered_to)),
-                  _field(it.head), _field(it.body),
-                  _field(None if it.body_path is None else os.fsencode(it.body_path)))
-    payload = b"".join(parts)
+        key = (id(it.body), it.body_path)
+        number = bodies.get(key)
+        if number is None:
+            number = bodies[key] = len(bodies)
+            body_parts += (_field(it.body), _field(
+                None if it.body_path is None else os.fsencode(it.body_path)))
+        item_parts += (_field(_text(it.address)), _field(_text(it.folder)),
+                       _field(_text(it.return_path)), _field(_text(it.delivered_to)),
+                       _field(it.head), _U32.pack(number))
+    payload = b"".join([_U32.pack(len(bodies)), *body_parts, _U32.pack(len(items)),
+                        *item_parts])
     return _U32.pack(len(payload)) + payload
 
 
@@ -108,14 +118,20 @@ class _Reader:
 
 def decode_request(payload: bytes) -> list[AgentItem]:
     r = _Reader(payload)
+    bodies: list[tuple[bytes | None, Path | None]] = []
+    for _ in range(r.u32()):
+        data, where = r.field(), r.field()
+        bodies.append((data, None if where is None else Path(os.fsdecode(where))))
     items = []
     for _ in range(r.u32()):
         address, folder, return_path, delivered_to = r.text(), r.text(), r.text(), r.text()
-        head, body, path = r.field(), r.field(), r.field()
+        head, number = r.field(), r.u32()
         if address is None or return_path is None or delivered_to is None or head is None:
             raise AgentError("agent request lacks a required field")
-        items.append(AgentItem(address, return_path, delivered_to, head, body,
-                               None if path is None else Path(os.fsdecode(path)), folder))
+        if number >= len(bodies):
+            raise AgentError("agent request names a body it does not carry")
+        body, path = bodies[number]
+        items.append(AgentItem(address, return_path, delivered_to, head, body, path, folder))
     return items
 
 
@@ -179,6 +195,11 @@ class MaildirAgent:
                 await self._stop()
                 error = AgentError(f"delivery agent failed: {exc or type(exc).__name__}")
                 return [error] * len(items)
+
+    async def start(self) -> None:
+        """Start the child now (else it starts with the first batch)."""
+        async with self._lock:
+            await self._running()
 
     async def _running(self) -> asyncio.subprocess.Process:
         if self._proc is not None and self._proc.returncode is None:

@@ -27,7 +27,7 @@ from .routing import Router
 
 log = logging.getLogger("postwright.delivery")
 
-_BATCH_BYTES = 8 << 20  # a batch stops growing here, so its bodies never weigh much more
+_BATCH_BYTES = 8 << 20  # a batch stops growing here (bytes to write), so it never weighs much more
 
 
 class DeliveryManager:
@@ -121,8 +121,8 @@ class DeliveryManager:
             if not due:
                 continue
             taken += 1
-            size += msg.size
             mine = [i for i in due if self._is_local(msg.recipients[i].recipient.address)]
+            size += msg.size * max(1, len(mine))  # each local recipient gets its own copy
             if mine:
                 local.append((msg, mine))
             for i in due:
