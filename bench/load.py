@@ -147,6 +147,11 @@ def rss_kb(pid: int) -> int:
     return _proc_kb(f"/proc/{pid}/status", b"VmRSS:")
 
 
+def tree_rss_kb(peer: Peer) -> int:
+    """RSS summed over the peer's processes (postwright's delivery agent, Postfix's daemons)."""
+    return sum(rss_kb(p) for p in peer.pids())
+
+
 def hwm_kb(pid: int) -> int:
     return _proc_kb(f"/proc/{pid}/status", b"VmHWM:")
 
@@ -401,7 +406,7 @@ async def _open_idle(port: int, count: int, parallel: int = 200
 def run_idle(peer: Peer, count: int) -> dict[str, object]:
     """Open ``count`` sessions, read each greeting, leave them idle; measure server RSS."""
     pid = peer.pids()[0]
-    before = rss_kb(pid)
+    before = tree_rss_kb(peer)
     out: dict[str, object] = {"scenario": "idle-10k", "peer": peer.name, "sessions": count,
                               "rss_before_kb": before}
 
@@ -412,7 +417,7 @@ def run_idle(peer: Peer, count: int) -> dict[str, object]:
         await asyncio.sleep(1.0)
         samples = []
         for _ in range(5):
-            samples.append(rss_kb(pid))
+            samples.append(tree_rss_kb(peer))
             await asyncio.sleep(0.2)
         out.update(greeted=len(writers), failures=failures, last_failure=last,
                    rss_idle_kb=max(samples), hwm_kb=hwm_kb(pid))
@@ -431,8 +436,7 @@ def run_idle(peer: Peer, count: int) -> dict[str, object]:
 def run_big(peer: Peer, size: int) -> dict[str, object]:
     """One message of ``size`` body octets: time to 250, time to the Maildir, RSS growth."""
     assert peer.mail_root is not None
-    pid = peer.pids()[0]
-    before = rss_kb(pid)
+    before = tree_rss_kb(peer)  # the same processes the sampler sums
     sampler = MemorySampler(peer, interval=0.05)
     sampler.start()
     out: dict[str, object] = {"scenario": "big-50mb", "peer": peer.name, "size": size,
