@@ -50,6 +50,8 @@ class DeliveryManager:
         self._destinations: dict[str, asyncio.Semaphore] = {}
         self._inflight: set[tuple[str, int]] = set()
         self._remote_tasks: set[asyncio.Task[None]] = set()
+        self._local_slots = asyncio.Semaphore(2)  # local batches at once
+        self._local_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -59,16 +61,18 @@ class DeliveryManager:
     async def run(self) -> None:
         """Deliver due messages in batches until stopped.
 
-        Local batches are sequential: while one is on disk the next gathers, so under load
-        many messages share each sync, and an idle server delivers a lone message at once.
-        Remote deliveries run as tasks of their own, one per destination domain at a time.
+        Local batches run as tasks, at most two at once: while the agent writes one, the
+        results of the other are recorded and the next gathers, so under load many messages
+        share each sync and the agent is never left waiting for the queue; an idle server
+        delivers a lone message at once. Remote deliveries run as tasks of their own, one
+        per destination domain at a time.
         """
         while not self._stopping:
             self._wake.clear()
             now = self.clock()
             started = 0
             try:
-                started = await self.deliver_batch(self.queue.due(now))
+                started = await self.deliver_batch(self.queue.due(now), wait=False)
             except Exception:
                 log.exception("delivery batch crashed", extra={"event": "error"})
                 await asyncio.sleep(1.0)
@@ -84,6 +88,8 @@ class DeliveryManager:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        if self._local_tasks:
+            await asyncio.wait(set(self._local_tasks), timeout=30)
         if self._remote_tasks:
             _done, pending = await asyncio.wait(set(self._remote_tasks), timeout=10)
             for task in pending:
@@ -95,11 +101,12 @@ class DeliveryManager:
     async def deliver(self, qid: str) -> None:
         await self.deliver_batch([qid])
 
-    async def deliver_batch(self, qids: list[str]) -> int:
+    async def deliver_batch(self, qids: list[str], *, wait: bool = True) -> int:
         """Start delivery of what is due among ``qids``; returns how many messages it took.
 
-        Local recipients are delivered (and recorded) before this returns; remote ones are
-        handed to a task per destination domain.
+        Local recipients are delivered (and recorded) before this returns, or with
+        ``wait=False`` by a task of their own; remote ones are handed to a task per
+        destination domain.
         """
         now = self.clock()
         local: list[tuple[QueuedMessage, list[int]]] = []
@@ -137,12 +144,33 @@ class DeliveryManager:
         for domain, jobs in remote.items():
             self._start_remote(domain, jobs)
         if local:
+            await self._local_slots.acquire()
+            for msg, mine in local:
+                self._inflight.update((msg.id, i) for i in mine)
+            batch = self._local_batch(local)
+            if wait:
+                await batch
+            else:
+                task = asyncio.get_running_loop().create_task(batch)
+                self._local_tasks.add(task)
+                task.add_done_callback(self._local_tasks.discard)
+        return taken
+
+    async def _local_batch(self, local: list[tuple[QueuedMessage, list[int]]]) -> None:
+        try:
             outcome = await self._deliver_local(local)
-            now = self.clock()
             await self._record_many([(msg, results)
                                      for (msg, _due), results in zip(local, outcome, strict=True)],
-                                    now)
-        return taken
+                                    self.clock())
+        except Exception:
+            # Nothing recorded: the recipients stay due and are taken again.
+            log.exception("local delivery batch crashed", extra={"event": "error"})
+            await asyncio.sleep(1.0)
+        finally:
+            for msg, mine in local:
+                self._inflight.difference_update((msg.id, i) for i in mine)
+            self._local_slots.release()
+            self._wake.set()
 
     def _start_remote(self, domain: str, jobs: list[Job]) -> None:
         for job in jobs:
