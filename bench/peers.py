@@ -4,9 +4,10 @@ Every peer gets its own temporary directory and its own free loopback port:
 
 * :class:`PostwrightPeer` runs ``python -m postwright serve`` from this repository's venv
   with a generated TOML config (wildcard domain ``bench.test``, log level ``warning``).
-* :class:`PostfixPeer` builds a private Postfix instance (its own ``config_directory``,
-  ``queue_directory`` and ``data_directory``; ``virtual(8)`` delivery into Maildir) and runs
-  it with ``postfix -c DIR start`` / ``stop``. It needs root and the Debian package.
+* :class:`PostfixPeer` runs a private Postfix instance (``postwright.testing.postfix``:
+  its own ``config_directory``, ``queue_directory`` and ``data_directory``, started with
+  ``postfix -c DIR start`` / ``stop``); this module adds ``virtual(8)`` mailboxes for the
+  bench's addresses and the relay host. It needs root and the Debian package.
 * :class:`SinkPeer` runs an aiosmtpd ``Controller`` in a child process (``python -m
   bench.peers sink PORT [asyncio|uvloop]``) whose handler answers ``250 OK`` and stores
   nothing. Peer ``aiosmtpd`` is aiosmtpd as shipped, on asyncio's default event loop (the
@@ -22,9 +23,7 @@ to a peer (:meth:`Peer.pids`). No RFC is implemented here; the servers speak RFC
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -34,10 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from postwright.testing.postfix import PostfixError, PrivatePostfix, processes
+
 REPO = Path(__file__).resolve().parents[1]
 DOMAIN = "bench.test"
 PROBE_LOCAL = "probe"
-POSTFIX = Path("/usr/sbin/postfix")
 POSTCONF = Path("/usr/sbin/postconf")
 # the aiosmtpd sinks, by peer name: the event loop each runs on
 SINK_LOOPS = {"aiosmtpd": "asyncio", "aiosmtpd-uvloop": "uvloop"}
@@ -80,16 +80,8 @@ def wait_for_greeting(port: int, timeout: float, alive: subprocess.Popen[bytes] 
 def process_tree(root: int) -> list[int]:
     """``root`` and all its descendants that are alive now (from /proc)."""
     children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    for pid, (ppid, _group) in processes().items():
+        children.setdefault(ppid, []).append(pid)
     out, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -98,15 +90,6 @@ def process_tree(root: int) -> list[int]:
         out.append(pid)
         todo.extend(children.get(pid, []))
     return out
-
-
-def _process_group(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return int(stat[stat.rfind(b")") + 2:].split()[2])
 
 
 class Peer:
@@ -230,162 +213,51 @@ class SinkPeer(Peer):
         return "unknown"
 
 
-def _postfix_main_cf(root: Path, uid: int, gid: int, relayhost: int | None) -> str:
-    # [brackets]: no MX lookup, the address itself; concurrency limits stay at the defaults
-    relay = "" if relayhost is None else f"relayhost = [127.0.0.1]:{relayhost}\n"
-    return relay + f"""\
-compatibility_level = 3.6
-config_directory = {root}/etc
-queue_directory = {root}/spool
-data_directory = {root}/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = pfx.{DOMAIN}
-mydomain = {DOMAIN}
-myorigin = $myhostname
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
-virtual_mailbox_domains = {DOMAIN}
-virtual_mailbox_base = {root}/mail
-virtual_mailbox_maps = texthash:{root}/etc/vmailbox, static:{DOMAIN}/_other/
-virtual_uid_maps = static:{uid}
-virtual_gid_maps = static:{gid}
-maillog_file = {root}/maillog
-maillog_file_prefixes = {root}
-alias_maps =
-alias_database =
-local_recipient_maps =
-append_dot_mydomain = no
-biff = no
-"""
-
-
-# chroot off everywhere: the instance lives in a temporary directory, not a chroot jail
-_POSTFIX_SERVICES = """\
-pickup unix n - n 60 1 pickup
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-flush unix n - n 1000? 0 flush
-proxymap unix - - n - - proxymap
-smtp unix - - n - - smtp
-relay unix - - n - - smtp
-showq unix n - n - - showq
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-local unix - n n - - local
-virtual unix - n n - - virtual
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-"""
-
-
-def _mailbox_user() -> tuple[int, int]:
-    """An unprivileged uid/gid for virtual(8) deliveries (uid >= virtual_minimum_uid)."""
-    for name in ("nobody", "postfix"):
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        return entry.pw_uid, entry.pw_gid
-    raise PeerError("no unprivileged user (nobody or postfix) for mailbox ownership")
-
-
 class PostfixPeer(Peer):
-    """A private Postfix instance: every directory under ``workdir``, smtpd on our port."""
+    """A private Postfix instance (:class:`PrivatePostfix`): every directory under
+    ``workdir``, smtpd on our port, virtual(8) delivering bench.test into Maildirs."""
 
     name = "postfix"
     single_process = False
 
     def __init__(self, workdir: Path, relayhost: int | None = None) -> None:
         super().__init__(workdir)
-        self.relayhost = relayhost
-        self.etc = workdir / "etc"
-        self.mail_root = workdir / "mail"
-        self.log_path = workdir / "maillog"
-        self.master_pid: int | None = None
+        etc = workdir / "etc"
+        # [brackets]: no MX lookup, the address itself; concurrency limits stay at the defaults
+        relay = "" if relayhost is None else f"relayhost = [127.0.0.1]:{relayhost}\n"
+        self.instance = PrivatePostfix(
+            workdir, self.port, domain=DOMAIN, hostname=f"pfx.{DOMAIN}",
+            main_cf_extra=(
+                "myorigin = $myhostname\n"
+                "local_recipient_maps =\n"
+                "smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination\n"
+                f"virtual_mailbox_maps = texthash:{etc}/vmailbox, static:{DOMAIN}/_other/\n"
+                + relay))
+        self.etc = etc
+        self.mail_root = self.instance.mail
+        self.log_path = self.instance.log
 
     @staticmethod
     def unavailable() -> str | None:
-        if not POSTFIX.exists():
-            return f"{POSTFIX} not found (apt-get install postfix)"
-        if os.geteuid() != 0:
-            return "starting a private instance needs root"
-        for what, look in (("user postfix", lambda: pwd.getpwnam("postfix")),
-                           ("group postdrop", lambda: grp.getgrnam("postdrop"))):
-            try:
-                look()
-            except KeyError:
-                return f"{what} does not exist"
-        return None
-
-    def _write_config(self) -> None:
-        uid, gid = _mailbox_user()
-        for sub in ("etc", "spool", "data", "mail"):
-            (self.workdir / sub).mkdir()
-        os.chmod(self.workdir, 0o755)  # daemons running as postfix/nobody must traverse it
-        owner = pwd.getpwnam("postfix")
-        os.chown(self.workdir / "data", owner.pw_uid, owner.pw_gid)
-        os.chown(self.mail_root or self.workdir, uid, gid)
-        main_cf = _postfix_main_cf(self.workdir, uid, gid, self.relayhost)
-        (self.etc / "main.cf").write_text(main_cf)
-        (self.etc / "master.cf").write_text(
-            f"127.0.0.1:{self.port} inet n - n - - smtpd\n" + _POSTFIX_SERVICES)
-        # smtp-source's addresses: user, 2user .. 100user (-r 100) and our probe; anything
-        # else still gets a Maildir, the shared "_other" one
-        names = ["user", PROBE_LOCAL] + [f"{i}user" for i in range(2, 101)]
-        (self.etc / "vmailbox").write_text(
-            "".join(f"{n}@{DOMAIN} {DOMAIN}/{n}/\n" for n in names))
-
-    def _postfix(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(POSTFIX), "-c", str(self.etc), *args], capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return PrivatePostfix.unavailable()
 
     def start(self) -> None:
-        self._write_config()
-        res = self._postfix("start")
-        if res.returncode != 0:
-            why = (res.stderr or res.stdout).strip().replace("\n", " | ")
-            why = why or f"exit status {res.returncode}"
-            raise PeerError(f"postfix start failed ({why}); log: {self.log_tail(3)}")
         try:
-            self.master_pid = int((self.workdir / "spool/pid/master.pid").read_text().split()[0])
-            wait_for_greeting(self.port, 20, None)
-        except (OSError, ValueError, PeerError) as exc:
-            self.stop()
-            raise PeerError(f"{exc}; log: {self.log_tail()}") from None
+            self.instance.configure()
+            # smtp-source's addresses: user, 2user .. 100user (-r 100) and our probe; anything
+            # else still gets a Maildir, the shared "_other" one
+            names = ["user", PROBE_LOCAL] + [f"{i}user" for i in range(2, 101)]
+            (self.etc / "vmailbox").write_text(
+                "".join(f"{n}@{DOMAIN} {DOMAIN}/{n}/\n" for n in names))
+            self.instance.start()
+        except (OSError, PostfixError) as exc:
+            raise PeerError(str(exc)) from None
 
     def stop(self) -> None:
-        if self.master_pid is None:
-            return
-        leftovers = self.pids()
-        try:
-            self._postfix("stop", timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        deadline = time.monotonic() + 10
-        while self.pids() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        # whatever outlived "postfix stop": only processes still in the master's group
-        for pid in set(self.pids()) | set(leftovers):
-            if _process_group(pid) == self.master_pid:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        self.master_pid = None
+        self.instance.stop()
 
     def pids(self) -> list[int]:
-        return process_tree(self.master_pid) if self.master_pid else []
+        return self.instance.pids()
 
     def version(self) -> str:
         res = subprocess.run([str(POSTCONF), "-c", str(self.etc), "-dh", "mail_version"],

@@ -1,10 +1,11 @@
 """Outbound delivery to a real Postfix: a private instance receiving for pf.test.
 
-The fixture runs Postfix as root with its own config, queue, data and mail directories in a
-temporary directory: smtpd on 127.0.0.4:PORT with STARTTLS (a self-signed certificate),
-virtual(8) delivering every pf.test recipient to one shared Maildir, and its log in a file
-(``maillog_file``) so that the test can count ``connect from`` lines. A sending postwright
-finds the instance by MX through a :class:`DnsServer` and ``[delivery] smtp_port``.
+The fixture runs a :class:`PrivatePostfix` as root (its own config, queue, data and mail
+directories in a temporary directory) with smtpd on 127.0.0.4:PORT offering STARTTLS (a
+self-signed certificate), virtual(8) delivering every pf.test recipient to one shared Maildir,
+and its log in a file (``maillog_file``) so that the test can count ``connect from`` lines.
+A sending postwright finds the instance by MX through a :class:`DnsServer` and ``[delivery]
+smtp_port``.
 
 Covers: delivery by MX to another implementation (RFC 5321 section 5.1), opportunistic
 STARTTLS (RFC 3207, RFC 7435), connection reuse across messages, a 550 at RCPT bouncing one
@@ -19,12 +20,8 @@ import datetime
 import email
 import email.message
 import email.policy
-import grp
-import os
-import pwd
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from postwright.testing.dnsserver import DnsServer, Records
+from postwright.testing.postfix import PostfixError, PrivatePostfix
 
 if TYPE_CHECKING:
     from conftest import Server
@@ -49,37 +47,10 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_server_errors
 
 ALICE = "alice@example.test"  # the local sender; bounces come back to her Maildir
 POSTWRIGHT = Path(sys.executable).parent / "postwright"
-POSTFIX = Path(shutil.which("postfix") or "/usr/sbin/postfix")
 PF_IP = "127.0.0.4"
 DOMAIN = "pf.test"
 
 MakeServer = Callable[..., "Server"]
-
-# chroot off: the instance lives in a temporary directory, not a jail
-_SERVICES = """\
-pickup unix n - n 60 1 pickup
-cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
-rewrite unix - - n - - trivial-rewrite
-bounce unix - - n - 0 bounce
-defer unix - - n - 0 bounce
-trace unix - - n - 0 bounce
-verify unix - - n - 1 verify
-flush unix n - n 1000? 0 flush
-proxymap unix - - n - - proxymap
-smtp unix - - n - - smtp
-relay unix - - n - - smtp
-showq unix n - n - - showq
-error unix - - n - - error
-retry unix - - n - - error
-discard unix - - n - - discard
-local unix - n n - - local
-virtual unix - n n - - virtual
-anvil unix - - n - 1 anvil
-scache unix - - n - 1 scache
-postlog unix-dgram n - n - 1 postlogd
-tlsmgr unix - - n 1000? 1 tlsmgr
-"""
 
 
 def _self_signed(cert: Path, key: Path) -> None:
@@ -100,128 +71,36 @@ def _self_signed(cert: Path, key: Path) -> None:
     cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
 
-def _why_not() -> str | None:
-    if not POSTFIX.exists():
-        return f"{POSTFIX} is not installed"
-    if os.geteuid() != 0:
-        return "a private Postfix instance needs root"
-    try:
-        pwd.getpwnam("postfix")
-        pwd.getpwnam("nobody")
-        grp.getgrnam("postdrop")
-    except KeyError as exc:
-        return f"missing user or group {exc}"
-    return None
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind((PF_IP, 0))
         return int(s.getsockname()[1])
 
 
-class Postfix:
-    """A private Postfix instance under ``root`` receiving for pf.test on PF_IP:port."""
+class Postfix(PrivatePostfix):
+    """A private Postfix instance under ``root`` receiving for pf.test on PF_IP:port, with
+    STARTTLS and one rejected recipient (``bad@pf.test``)."""
 
     def __init__(self, root: Path, port: int) -> None:
-        self.root = root
-        self.port = port
-        self.etc = root / "etc"
-        self.maildir = root / "mail" / DOMAIN / "inbox" / "new"
-        self.log = root / "maillog"
-        self.master_pid: int | None = None
-
-    def configure(self) -> None:
-        nobody = pwd.getpwnam("nobody")
-        for sub in ("etc", "spool", "data", "mail"):
-            (self.root / sub).mkdir()
-        self.root.chmod(0o755)  # daemons running as postfix or nobody traverse it
-        owner = pwd.getpwnam("postfix")
-        os.chown(self.root / "data", owner.pw_uid, owner.pw_gid)
-        os.chown(self.root / "mail", nobody.pw_uid, nobody.pw_gid)
-        _self_signed(self.etc / "cert.pem", self.etc / "key.pem")
-        (self.etc / "access").write_text(f"bad@{DOMAIN} 550 5.1.1 no such user here\n")
-        (self.etc / "main.cf").write_text(f"""\
-compatibility_level = 3.6
-config_directory = {self.etc}
-queue_directory = {self.root}/spool
-data_directory = {self.root}/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = mx.{DOMAIN}
-mydomain = {DOMAIN}
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
+        etc = root / "etc"
+        super().__init__(root, port, domain=DOMAIN, hostname=f"mx.{DOMAIN}", host=PF_IP,
+                         main_cf_extra=f"""\
 smtpd_peername_lookup = no
-smtpd_recipient_restrictions = check_recipient_access texthash:{self.etc}/access,
+smtpd_recipient_restrictions = check_recipient_access texthash:{etc}/access,
     permit_mynetworks, reject_unauth_destination
-virtual_mailbox_domains = {DOMAIN}
-virtual_mailbox_base = {self.root}/mail
 virtual_mailbox_maps = static:{DOMAIN}/inbox/
-virtual_uid_maps = static:{nobody.pw_uid}
-virtual_gid_maps = static:{nobody.pw_gid}
-smtpd_tls_cert_file = {self.etc}/cert.pem
-smtpd_tls_key_file = {self.etc}/key.pem
+smtpd_tls_cert_file = {etc}/cert.pem
+smtpd_tls_key_file = {etc}/key.pem
 smtpd_tls_security_level = may
 smtpd_tls_received_header = yes
-maillog_file = {self.log}
-maillog_file_prefixes = {self.root}
-alias_maps =
-alias_database =
-append_dot_mydomain = no
-biff = no
 notify_classes =
-""")
-        (self.etc / "master.cf").write_text(
-            f"{PF_IP}:{self.port} inet n - n - - smtpd\n" + _SERVICES)
+""", master_cf_extra="tlsmgr unix - - n 1000? 1 tlsmgr\n")
+        self.maildir = self.mail / DOMAIN / "inbox" / "new"
 
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(POSTFIX), "-c", str(self.etc), *args], capture_output=True,
-                              text=True, timeout=30, stdin=subprocess.DEVNULL)
-
-    def start(self) -> None:
-        """Start and wait for the greeting; skip the test if that cannot be done."""
-        self.configure()
-        res = self._run("start")
-        if res.returncode != 0:
-            pytest.skip(f"postfix start failed: {(res.stderr or res.stdout).strip()}")
-        try:
-            self.master_pid = int((self.root / "spool/pid/master.pid").read_text().split()[0])
-        except (OSError, ValueError) as exc:
-            self.stop()
-            pytest.skip(f"postfix left no master.pid: {exc}")
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with socket.create_connection((PF_IP, self.port), timeout=2) as s:
-                    if s.makefile("rb").readline().startswith(b"220"):
-                        s.sendall(b"QUIT\r\n")
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.skip(f"postfix gave no greeting on {PF_IP}:{self.port}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.master_pid is None:
-            return
-        try:
-            self._run("stop")
-        except subprocess.TimeoutExpired:
-            pass
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{self.master_pid}") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if os.path.exists(f"/proc/{self.master_pid}"):
-            os.kill(self.master_pid, signal.SIGKILL)  # the master we started, by its id
-        self.master_pid = None
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+    def configure(self) -> None:
+        super().configure()
+        _self_signed(self.etc / "cert.pem", self.etc / "key.pem")
+        (self.etc / "access").write_text(f"bad@{DOMAIN} 550 5.1.1 no such user here\n")
 
     def connections(self) -> int:
         return len(re.findall(r"postfix/smtpd\[\d+\]: connect from ", self.log_text()))
@@ -240,13 +119,16 @@ notify_classes =
 
 @pytest.fixture
 def postfix() -> Iterator[Postfix]:
-    if why := _why_not():
+    if why := PrivatePostfix.unavailable():
         pytest.skip(why)
     # Not pytest's tmp_path: its parent is mode 0700, closed to Postfix's daemons.
     root = Path(tempfile.mkdtemp(prefix="pw-postfix-"))
     instance = Postfix(root, _free_port())
     try:
-        instance.start()
+        try:
+            instance.start()
+        except PostfixError as exc:
+            pytest.skip(str(exc))
         yield instance
     finally:
         instance.stop()
