@@ -26,6 +26,7 @@ from .delivery.routing import Router
 from .net.dns import Resolver
 from .net.listener import Listener
 from .net.mtasts_fetch import PolicyFetcher, verifying_context
+from .net.smtpclient import Timeouts
 from .net.stream import Stream
 from .net.tls import ReloadableContext, ensure_self_signed
 from .policy.mtasts import MtaSts
@@ -73,7 +74,12 @@ class App:
             relay_credentials=(delivery.relay_username, delivery.relay_password)
             if delivery.relay_username else None,
             require_tls=frozenset(delivery.require_tls), dkim_dir=cfg.data_dir,
-            cache_time=delivery.connection_cache_time, mta_sts=mta_sts, verify_context=verify)
+            cache_time=delivery.connection_cache_time, mta_sts=mta_sts, verify_context=verify,
+            timeouts=Timeouts(connect=delivery.connect_timeout,
+                              greeting=delivery.greeting_timeout,
+                              command=delivery.command_timeout,
+                              data_block=delivery.data_block_timeout,
+                              data_end=delivery.data_done_timeout))
         self.manager = DeliveryManager(queue=self.queue, router=self.router,
                                        maildir=self.maildir, hostname=cfg.hostname,
                                        schedule=self.schedule, remote=self.remote,
@@ -103,6 +109,7 @@ class App:
             if sub.connections_per_minute else None,
             trusted_networks=tuple(ipaddress.ip_network(n) for n in sub.trusted_networks),
             sender_policy=sub.sender_policy, greeting_delay=lim.greeting_delay,
+            handshake_timeout=lim.tls_handshake_timeout,
             auth_checks=AuthChecks(self.resolver, cfg.authentication.dmarc_reject,
                                    cfg.authentication.dmarc_quarantine,
                                    cfg.authentication.max_size)
@@ -128,7 +135,8 @@ class App:
             listener = Listener(role.name, list(addresses), self._handler(role),
                                 max_connections=lim.max_connections,
                                 max_per_client=lim.max_connections_per_client,
-                                ssl_context=ssl_context)
+                                ssl_context=ssl_context,
+                                handshake_timeout=lim.tls_handshake_timeout)
             await listener.start()
             self.listeners.append(listener)
             log.info("listening", extra={"event": "listen", "role": role.name,

@@ -107,6 +107,8 @@ class LimitsConfig:
                                   "gt0")
     data_timeout: float = _key(180.0, "seconds between body chunks (RFC 5321 4.5.3.2.6)", "gt0")
     greeting_delay: float = _key(0.0, "seconds before the 220 greeting; 0 = none", 0)
+    tls_handshake_timeout: float = _key(
+        30.0, "seconds a client may take to finish a TLS handshake (465, STARTTLS)", "gt0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,18 @@ class DeliveryConfig:
             "for private CAs and tests; \"\" = the system's CAs only")
     mta_sts_port: int = _key(443, "HTTPS port of the mta-sts.<domain> policy host (tests)",
                              1, 65535)
+    connect_timeout: float = _key(30.0, "seconds to open a connection to a remote server",
+                                  "gt0")
+    greeting_timeout: float = _key(300.0, "seconds waiting for its 220 (RFC 5321 4.5.3.2.1)",
+                                   "gt0")
+    command_timeout: float = _key(
+        300.0, "seconds waiting for the reply to EHLO, MAIL, RCPT, DATA (RFC 5321 4.5.3.2)",
+        "gt0")
+    data_block_timeout: float = _key(
+        180.0, "seconds for each block of the body to be taken (RFC 5321 4.5.3.2.5)", "gt0")
+    data_done_timeout: float = _key(
+        600.0, "seconds waiting for the reply to the end of the body (RFC 5321 4.5.3.2.6)",
+        "gt0")
 
     @property
     def relayhost_address(self) -> HostPort | None:

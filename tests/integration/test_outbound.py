@@ -777,3 +777,21 @@ def test_disconnect_mid_transaction_defers_then_delivers(make_server: MakeServer
     assert fine.count(".") == 1
     wait_empty(sender)
     assert sender.messages(ALICE) == []
+
+
+def test_a_server_that_never_greets_is_given_up_after_greeting_timeout(
+        make_server: MakeServer, dns: DnsServer, port: int) -> None:
+    dns.set("remote.test", "MX", "10 sink.remote.test.")
+    with socket.socket() as mute:  # accepts connections (backlog) and never says 220
+        mute.bind((SINK_IP, port))
+        mute.listen(8)
+        sender = make_sender(make_server, dns, port, greeting_timeout=1, retry_first=60,
+                             retry_max=60)
+        started = time.monotonic()
+        qid = send(sender, "bob@remote.test", subject="anyone there?")
+        [deferred] = sender.wait_event("deferred", where=for_rcpt("bob@remote.test"),
+                                       timeout=15)
+        assert time.monotonic() - started < 10  # the default would wait 300 s
+    assert "4.4.1" in str(deferred["reply"]) and "Timeout" in str(deferred["reply"])
+    [entry] = sender.queue_list()
+    assert entry["id"] == qid and entry["recipients"][0]["status"] == "deferred"

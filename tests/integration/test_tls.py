@@ -18,6 +18,7 @@ import signal
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -320,3 +321,15 @@ def test_sni_picks_the_certificate_for_the_name_asked(
     assert seen("a.test") == "a.test"
     assert seen("other.test") == "a.test"  # unknown names get the default certificate
     assert seen(None) == "a.test"
+
+
+def test_a_client_that_never_starts_the_handshake_is_dropped_after_the_timeout(
+        make_server: Callable[..., Server]) -> None:
+    srv = make_server("[limits]\ntls_handshake_timeout = 1\n")
+    srv.start()
+    with socket.create_connection(("127.0.0.1", srv.submissions_port), timeout=10) as sock:
+        started = time.monotonic()
+        assert sock.recv(65536) == b""  # silence, then the server hangs up (no TimeoutError)
+        waited = time.monotonic() - started
+    assert 0.5 < waited < 8, waited  # the default would hold it for 30 s
+    assert srv.proc is not None and srv.proc.poll() is None

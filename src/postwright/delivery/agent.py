@@ -193,7 +193,7 @@ class MaildirAgent:
                 return decode_reply(await proc.stdout.readexactly(size), len(items))
             except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
                 await self._stop()
-                error = AgentError(f"delivery agent failed: {exc or type(exc).__name__}")
+                error = AgentError(f"delivery agent failed: {str(exc) or type(exc).__name__}")
                 return [error] * len(items)
 
     async def start(self) -> None:

@@ -184,7 +184,7 @@ class RemoteDelivery:
         except SmtpFailure as exc:
             return _why(exc.reply, where, "greeting")
         except (OSError, TimeoutError) as exc:
-            return f"4.4.1 connect to {where} failed: {exc or type(exc).__name__}"
+            return f"4.4.1 connect to {where} failed: {str(exc) or type(exc).__name__}"
         self.connections_opened += 1
         return client
 
@@ -244,7 +244,7 @@ class RemoteDelivery:
         except (RemoteProtocolError, LocalProtocolError, OSError, TimeoutError,
                 ssl.SSLError) as exc:
             client.close()
-            return f"4.4.2 conversation with {where} failed: {exc or type(exc).__name__}"
+            return f"4.4.2 conversation with {where} failed: {str(exc) or type(exc).__name__}"
 
     # ---- connection cache ------------------------------------------------------------------
     def _park(self, key: str, cand: Candidate, client: SmtpClient, verified: bool) -> None:

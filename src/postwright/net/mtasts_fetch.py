@@ -59,7 +59,7 @@ class PolicyFetcher:
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError) as exc:
             raise PolicyError(f"fetching https://{host}{WELL_KNOWN} failed: "
-                              f"{exc or type(exc).__name__}") from None
+                              f"{str(exc) or type(exc).__name__}") from None
 
     async def _fetch(self, host: str) -> str:
         addresses = await self.resolver.addresses(host)
