@@ -23,6 +23,7 @@ from .delivery.agent import MaildirAgent
 from .delivery.manager import DeliveryManager
 from .delivery.remote import RemoteDelivery
 from .delivery.routing import Router
+from .dnstypes import DnsTemporaryError
 from .net.dns import Resolver
 from .net.listener import Listener
 from .net.mtasts_fetch import PolicyFetcher, verifying_context
@@ -45,6 +46,7 @@ class App:
         self.listeners: list[Listener] = []
         self._stop = asyncio.Event()
         self._manager_task: asyncio.Task[None] | None = None
+        self._dns_probe: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -146,6 +148,19 @@ class App:
         await self.control.start()
         await self.maildir.start()  # a child that cannot start is a start-up error
         self._manager_task = asyncio.get_running_loop().create_task(self.manager.run())
+        if cfg.authentication.checks and cfg.listen.smtp:
+            self._dns_probe = asyncio.get_running_loop().create_task(self._probe_dns())
+
+    async def _probe_dns(self) -> None:
+        """Warn once at start-up when the inbound checks are on but DNS does not answer:
+        every message on the smtp listener would get 451 until it does."""
+        try:
+            await self.resolver.mx(self.config.hostname)  # "no such name" is an answer too
+        except DnsTemporaryError as exc:
+            log.warning("DNS lookups fail: inbound SPF/DKIM/DMARC checks will answer 451 "
+                        "until they work (set [dns] nameservers, or [authentication] "
+                        "checks = false)", extra={"event": "dns_unavailable",
+                                                  "reason": str(exc)})
 
     def _handler(self, role: Role) -> Callable[[Stream], Awaitable[None]]:
         services = self.services
@@ -188,6 +203,8 @@ class App:
         log.info("stopped", extra={"event": "stopped"})
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
+        if self._dns_probe is not None:
+            self._dns_probe.cancel()
         await asyncio.gather(*(lst.drain(drain_timeout) for lst in self.listeners))
         await self.control.close()
         await self.manager.stop()

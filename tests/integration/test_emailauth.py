@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -135,3 +136,19 @@ def test_dns_failure_is_temporary(make_server: MakeServer, dns: DnsServer) -> No
     code, _text = refused(srv, "a@flaky.test", message("a@flaky.test", "flaky"))
     assert code == 451
     assert srv.messages("alice@example.test") == []
+
+
+def test_start_up_warns_when_checks_are_on_and_dns_does_not_answer(
+        make_server: MakeServer, dns: DnsServer) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # a UDP port that takes queries and never answers
+        dead = f"127.0.0.1:{silent.getsockname()[1]}"
+        srv = make_server(f'[dns]\nnameservers = ["{dead}"]\ntimeout = 1\n'
+                          "[authentication]\nchecks = true\n", wildcard=("example.test",))
+        srv.start()
+        [warning] = srv.wait_event("dns_unavailable", timeout=10)
+    assert warning["level"] == "warning" and "451" in str(warning["msg"])
+    healthy = make(make_server, dns)  # a DNS server that answers: no warning
+    healthy.wait_event("ready")
+    time.sleep(1.5)
+    assert healthy.events("dns_unavailable") == []
