@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -263,3 +264,23 @@ def test_batch_mixed_results_and_fewer_syncs(tmp_path: Path,
 
 def test_batch_of_nothing(tmp_path: Path) -> None:
     assert agent(tmp_path).deliver_batch([]) == []
+
+
+def test_first_delivery_clears_stale_tmp_files_and_keeps_fresh_ones(tmp_path: Path) -> None:
+    md = agent(tmp_path)
+    md.deliver("alice@example.test", [b"first\r\n"], return_path="s@x.test",
+               delivered_to="alice@example.test")
+    tmp = tmp_path / "mail" / "example.test" / "alice" / "tmp"
+    stale, fresh = tmp / "1.M1P1Q1.crashed", tmp / "2.M2P2Q2.writing"
+    stale.write_bytes(b"half a message")
+    fresh.write_bytes(b"being written right now")
+    old = time.time() - 40 * 3600
+    os.utime(stale, (old, old))
+    md.deliver("alice@example.test", [b"second\r\n"], return_path="s@x.test",
+               delivered_to="alice@example.test")
+    assert stale.exists()  # this process swept the Maildir once already, before they existed
+    again = agent(tmp_path)  # a new agent process sweeps on its first delivery there
+    again.deliver("alice@example.test", [b"third\r\n"], return_path="s@x.test",
+                  delivered_to="alice@example.test")
+    assert not stale.exists() and fresh.exists()
+    assert len(list((tmp.parent / "new").iterdir())) == 3

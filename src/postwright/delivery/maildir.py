@@ -6,6 +6,9 @@ is written to ``tmp/``, fsync'd, hard-linked into ``new/`` and ``new/`` is fsync
 never sees a partial file and a message reported delivered survives a crash. The file starts
 with ``Return-Path:`` and ``Delivered-To:``; the message's CRLF line ends become LF.
 
+The first delivery into a Maildir by a process also removes files older than 36 hours from
+its ``tmp/`` (left by a writer that died mid-delivery, as the Maildir convention says).
+
 It does not route (it is handed a final local address), does not add the Received header
 (the caller's message bytes already start with it), enforce quotas or index mailboxes.
 Follows the Maildir specification (cr.yp.to/proto/maildir.html: unique names, tmp -> new),
@@ -35,6 +38,8 @@ from .routing import mailbox_key
 _SUBDIRS = ("cur", "new", "tmp")  # tmp last: an existing tmp/ implies new/ and cur/ exist
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
+_TMP_MAX_AGE = 36 * 3600  # seconds: older files in tmp/ are leftovers of a crashed writer
+_SWEEP_MEMORY = 100_000  # Maildirs remembered as swept (beyond that, no more sweeping)
 _deliveries = itertools.count(1)  # the "Q" part of unique names: deliveries by this process
 
 
@@ -68,6 +73,7 @@ class MaildirDelivery:
     def __init__(self, mail_root: Path, *, hostname: str) -> None:
         self.mail_root = Path(mail_root)
         self._host = _escape_host(hostname)
+        self._swept: set[Path] = set()  # Maildirs whose tmp/ this process has cleaned
 
     def maildir_for(self, address: str, folder: str | None = None) -> Path:
         """The Maildir of a local address (and optional Maildir++ folder); nothing is created."""
@@ -188,6 +194,9 @@ class MaildirDelivery:
         return _Staged(index, maildir, tmp, size)
 
     def _create_tmp(self, maildir: Path, is_folder: bool) -> tuple[int, Path]:
+        if maildir not in self._swept and len(self._swept) < _SWEEP_MEMORY:
+            self._swept.add(maildir)
+            _sweep_tmp(maildir / "tmp", time.time() - _TMP_MAX_AGE)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         for attempt in range(10):
             tmp = maildir / "tmp" / self._unique_name()
@@ -223,6 +232,23 @@ class MaildirDelivery:
         secs = int(now)
         usec = int((now - secs) * 1_000_000)
         return f"{secs}.M{usec}P{os.getpid()}Q{next(_deliveries)}.{self._host}"
+
+
+def _sweep_tmp(tmp: Path, cutoff: float) -> None:
+    """Remove files in ``tmp/`` last touched before ``cutoff``: what a writer that died
+    mid-delivery left (the Maildir convention: 36 hours). Errors are ignored."""
+    try:
+        entries = os.scandir(tmp)
+    except OSError:
+        return
+    with entries:
+        for entry in entries:
+            try:
+                if (entry.is_file(follow_symlinks=False)
+                        and entry.stat(follow_symlinks=False).st_mtime < cutoff):
+                    os.unlink(entry.path)
+            except OSError:
+                continue
 
 
 def _crlf_to_lf(chunks: Iterable[bytes]) -> Iterator[bytes]:
