@@ -69,7 +69,8 @@ class App:
         self.resolver = Resolver(cfg.dns.nameservers, timeout=cfg.dns.timeout)
         verify = verifying_context(delivery.mta_sts_ca_file)
         mta_sts = MtaSts(txt=self.resolver.txt, fetch=PolicyFetcher(
-            self.resolver, verify, port=delivery.mta_sts_port)) if delivery.mta_sts else None
+            self.resolver, verify, port=delivery.mta_sts_port),
+            path=cfg.data_dir / "mta-sts.json") if delivery.mta_sts else None
         self.remote = RemoteDelivery(
             resolver=self.resolver, hostname=cfg.hostname, port=delivery.smtp_port,
             relayhost=delivery.relayhost_address,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -87,11 +88,11 @@ def test_mx_matching(host: str, allowed: bool) -> None:
 class World:
     """DNS answers and policy files as plain dicts, a clock the test moves."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: Path | None = None) -> None:
         self.txt: dict[str, list[str] | Exception] = {}
         self.files: dict[str, str | Exception] = {}
         self.now = 1000.0
-        self.sts = MtaSts(txt=self.lookup, fetch=self.fetch, clock=lambda: self.now)
+        self.sts = MtaSts(txt=self.lookup, fetch=self.fetch, clock=lambda: self.now, path=path)
 
     async def lookup(self, name: str) -> list[str]:
         answer = self.txt.get(name, [])
@@ -168,3 +169,39 @@ def test_mode_none_is_cached_but_applies_nothing() -> None:
     world.files["example.com"] = "version: STSv1\nmode: none\nmax_age: 600\n"
     assert world.policy() is None
     assert world.policy() is None and world.sts.fetches == 1
+
+
+# ---- the cache file -------------------------------------------------------------------------
+
+def test_a_restart_keeps_the_policy_when_its_fetch_is_blocked(tmp_path: Path) -> None:
+    path = tmp_path / "mta-sts.json"
+    world = World(path)
+    world.txt["_mta-sts.example.com"] = ["v=STSv1; id=1"]
+    world.files["example.com"] = POLICY
+    assert world.policy() is not None
+    # "Restart": a new cache from the file; an attacker now blocks DNS and the HTTPS fetch.
+    later = World(path)
+    later.now = world.now + 3600
+    later.txt["_mta-sts.example.com"] = DnsTemporaryError("SERVFAIL")
+    later.files["example.com"] = PolicyError("connection reset")
+    kept = later.policy()
+    assert kept is not None and kept.mode == "enforce" and kept.allows("mail.example.com")
+    assert later.sts.fetches == 0
+    later.now = world.now + 86400 * 8  # past max_age (one day): no longer applies
+    assert later.policy() is None
+
+
+def test_expired_entries_are_not_loaded_and_a_bad_file_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "mta-sts.json"
+    world = World(path)
+    world.txt["_mta-sts.example.com"] = ["v=STSv1; id=1"]
+    world.files["example.com"] = POLICY
+    world.policy()
+    stale = World.__new__(World)  # a world whose clock is past the entry's expiry
+    stale.txt, stale.files, stale.now = {}, {}, world.now + 86400 * 30
+    stale.sts = MtaSts(txt=stale.lookup, fetch=stale.fetch, clock=lambda: stale.now, path=path)
+    assert stale.sts.cache == {}
+    path.write_text("{not json")
+    assert World(path).sts.cache == {}
+    path.write_text('{"example.com": {"id": "1"}}')  # fields missing
+    assert World(path).sts.cache == {}

@@ -9,18 +9,24 @@ expired, fetch a new one otherwise, and fall back to an unexpired cached policy 
 the fetch fails.
 
 No sockets here: DNS and HTTPS come in as injected callables (in production
-``net.dns.Resolver.txt`` and ``net.mtasts_fetch.PolicyFetcher``). Not done: TLSRPT
-(RFC 8460), proactive refresh of cached policies (section 10.2), a persistent cache (the
-cache lives in memory and is empty after a restart).
+``net.dns.Resolver.txt`` and ``net.mtasts_fetch.PolicyFetcher``). Given a ``path``, the cache
+is also kept in a JSON file (written whole and renamed into place at each change, read at
+start), so a restart does not forget a domain's policy: an attacker who blocks the policy
+fetch after a restart cannot turn "enforce" into "send in clear" (section 10.2's concern).
+A file that cannot be read or written is logged and ignored. Not done: TLSRPT (RFC 8460),
+proactive refresh of cached policies (section 10.2).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..dnstypes import DnsTemporaryError
 
@@ -143,12 +149,44 @@ class MtaSts:
     """
 
     def __init__(self, *, txt: TxtLookup, fetch: Fetch,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time, path: Path | None = None) -> None:
         self._txt = txt
         self._fetch = fetch
-        self._clock = clock
-        self.cache: dict[str, CachedPolicy] = {}
+        self._clock = clock  # wall-clock seconds: expiry times outlive the process in ``path``
+        self.path = path
+        self.cache: dict[str, CachedPolicy] = self._load() if path is not None else {}
         self.fetches = 0
+
+    def _load(self) -> dict[str, CachedPolicy]:
+        assert self.path is not None
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            now = self._clock()
+            return {domain: CachedPolicy(str(e["id"]), Policy(
+                mode=str(e["mode"]), max_age=int(e["max_age"]),
+                mx=tuple(str(m) for m in e["mx"])), float(e["expires"]))
+                for domain, e in doc.items() if float(e["expires"]) > now
+                and str(e["mode"]) in MODES}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("MTA-STS cache file unreadable, starting empty", extra={
+                "event": "mta_sts", "path": str(self.path), "reason": str(exc)})
+            return {}
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        doc = {domain: {"id": e.policy_id, "mode": e.policy.mode, "max_age": e.policy.max_age,
+                        "mx": list(e.policy.mx), "expires": e.expires}
+               for domain, e in self.cache.items()}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(doc, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("MTA-STS cache file not written", extra={
+                "event": "mta_sts", "path": str(self.path), "reason": str(exc)})
 
     def cached(self, domain: str) -> Policy | None:
         """The cached policy for ``domain`` if it has not expired."""
@@ -189,4 +227,5 @@ class MtaSts:
                 "event": "mta_sts", "domain": domain, "reason": str(exc)})
             return cached
         self.cache[domain] = CachedPolicy(policy_id, policy, self._clock() + policy.max_age)
+        self._save()
         return policy
