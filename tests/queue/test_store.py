@@ -448,3 +448,34 @@ def test_bodies_read_back_right_past_the_in_memory_window(stores: Stores) -> Non
     ids = asyncio.run(main())
     for qid, body in zip(ids, bodies, strict=True):
         assert read(store, qid) == body
+
+
+def test_a_cancelled_record_many_leaves_other_holders_locks_alone(stores: Stores) -> None:
+    store = stores()
+    store.open()
+
+    async def main() -> None:
+        qid = await put(store, b"m\r\n")
+        release = asyncio.Event()
+        holding = asyncio.Event()
+
+        async def other() -> None:  # e.g. a `queue hold` in progress on the same message
+            async with store._exclusive(qid):
+                holding.set()
+                await release.wait()
+
+        holder = asyncio.create_task(other())
+        await holding.wait()
+        waiting = asyncio.create_task(store.record_many(
+            [(qid, {0: RecipientResult("delivered", "2.0.0 ok")})], now=1001.0))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert store._slots[qid].lock.locked()  # still the other holder's
+        release.set()
+        await holder
+        await store.record(qid, {0: RecipientResult("delivered", "2.0.0 ok")}, now=1002.0)
+        assert store.ids() == [] and store._slots == {}
+
+    asyncio.run(main())

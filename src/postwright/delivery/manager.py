@@ -214,8 +214,13 @@ class DeliveryManager:
         """Settle each message's results (expiry, bounces), then record them all at once."""
         for msg, results in batch:
             await self._settle(msg, results, now)  # waits only when a report must be queued
-        errors = await self.queue.record_many([(msg.id, results) for msg, results in batch],
-                                              now=now)
+        try:
+            errors = await self.queue.record_many([(msg.id, results) for msg, results in batch],
+                                                  now=now)
+        except QueueError:
+            # The queue could not write: nothing is recorded, so all of it is tried again.
+            log.exception("recording delivery results failed", extra={"event": "error"})
+            return
         for (msg, results), error in zip(batch, errors, strict=True):
             if error is None:  # else deleted while we delivered it
                 self._log_results(msg, results)

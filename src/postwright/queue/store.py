@@ -416,6 +416,7 @@ class QueueStore:
         self._writable()
         errors: list[QueueError | None] = [None] * len(batch)
         slots: list[tuple[str, _Slot]] = []
+        held: list[_Slot] = []  # the locks this call holds (only those are released)
         waits: list[asyncio.Future[None]] = []
         removed: list[Entry] = []
         if len({qid for qid, _ in batch}) != len(batch):
@@ -428,6 +429,7 @@ class QueueStore:
                 slot.users += 1
                 slots.append((qid, slot))
                 await slot.lock.acquire()  # returns at once unless a hold/delete is under way
+                held.append(slot)
                 try:
                     entry = self._entry(qid)
                     op = self._status_op(entry, results, now)
@@ -441,9 +443,9 @@ class QueueStore:
             for wait in waits:
                 await wait
         finally:
+            for slot in held:
+                slot.lock.release()
             for qid, slot in slots:
-                if slot.lock.locked():
-                    slot.lock.release()
                 slot.users -= 1
                 if not slot.users:
                     del self._slots[qid]
