@@ -264,13 +264,21 @@ def _spf_names_us(text: str, plan: Plan) -> bool:
     return False
 
 
-async def _check_spf(record: Record, plan: Plan, dns: spf.SpfResolver) -> CheckResult:
-    found = [t for t in await dns.txt(plan.domain) if _is_spf(t)]
+def _only_one(record: Record, found: list[str], what: str, why: str) -> CheckResult | None:
+    """The verdict when there is not exactly one ``what`` record (``why`` two or more are
+    wrong), else None."""
     if not found:
         return CheckResult(record.kind, record.name, "MISSING")
     if len(found) > 1:
         return CheckResult(record.kind, record.name, "DIFFERENT", _quoted(found),
-                           "more than one v=spf1 record is a permerror")
+                           f"more than one {what} record {why}")
+    return None
+
+
+async def _check_spf(record: Record, plan: Plan, dns: spf.SpfResolver) -> CheckResult:
+    found = [t for t in await dns.txt(plan.domain) if _is_spf(t)]
+    if (wrong := _only_one(record, found, "v=spf1", "is a permerror")) is not None:
+        return wrong
     v4, v6 = await asyncio.gather(dns.a(plan.hostname), dns.aaaa(plan.hostname))
     addresses = v4 + v6
     if not addresses:
@@ -306,11 +314,8 @@ async def _check_dkim(record: Record, plan: Plan, dns: spf.SpfResolver) -> Check
 
 async def _check_dmarc(record: Record, plan: Plan, dns: spf.SpfResolver) -> CheckResult:
     found = [t for t in await dns.txt(record.name) if _tags(t).get("v") == "DMARC1"]
-    if not found:
-        return CheckResult(record.kind, record.name, "MISSING")
-    if len(found) > 1:
-        return CheckResult(record.kind, record.name, "DIFFERENT", _quoted(found),
-                           "more than one DMARC record counts as none")
+    if (wrong := _only_one(record, found, "DMARC", "counts as none")) is not None:
+        return wrong
     try:
         policy = dmarc.parse_record(found[0]).policy
     except ValueError as exc:
@@ -323,11 +328,8 @@ async def _check_dmarc(record: Record, plan: Plan, dns: spf.SpfResolver) -> Chec
 
 async def _check_mta_sts(record: Record, plan: Plan, dns: spf.SpfResolver) -> CheckResult:
     found = [t for t in await dns.txt(record.name) if _first_field(t) == "v=STSv1"]
-    if not found:
-        return CheckResult(record.kind, record.name, "MISSING")
-    if len(found) > 1:
-        return CheckResult(record.kind, record.name, "DIFFERENT", _quoted(found),
-                           "more than one v=STSv1 record counts as none")
+    if (wrong := _only_one(record, found, "v=STSv1", "counts as none")) is not None:
+        return wrong
     fields = _fields(found[0])[1:]
     ids = [f.partition("=")[2] for f in fields if f.startswith("id=")]
     if not all(_STS_FIELD.match(f) for f in fields) or not ids or not _STS_ID.match(ids[0]):
@@ -338,11 +340,8 @@ async def _check_mta_sts(record: Record, plan: Plan, dns: spf.SpfResolver) -> Ch
 
 async def _check_tls_rpt(record: Record, plan: Plan, dns: spf.SpfResolver) -> CheckResult:
     found = [t for t in await dns.txt(record.name) if _first_field(t) == "v=TLSRPTv1"]
-    if not found:
-        return CheckResult(record.kind, record.name, "MISSING")
-    if len(found) > 1:
-        return CheckResult(record.kind, record.name, "DIFFERENT", _quoted(found),
-                           "more than one v=TLSRPTv1 record counts as none")
+    if (wrong := _only_one(record, found, "v=TLSRPTv1", "counts as none")) is not None:
+        return wrong
     if _fields(found[0]) == _fields(record.value):
         return CheckResult(record.kind, record.name, "OK")
     return CheckResult(record.kind, record.name, "DIFFERENT", _quoted(found))

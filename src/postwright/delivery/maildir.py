@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import cast
 
 from ..durable import fsync_dir as _fsync_dir
+from ..durable import fsync_file as _fsync_file
 from ..errors import PostwrightError
 from ..protocol.address import AddressError
 from .routing import mailbox_key
@@ -359,14 +360,6 @@ def _syncfs(path: Path) -> None:
         if _SYNCFS(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), str(path))
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -414,24 +414,18 @@ class QueueStore:
         """:meth:`record` for several messages, all written in one go; per message, None or
         the QueueError that stopped it (an unknown id: deleted meanwhile)."""
         self._writable()
-        errors: list[QueueError | None] = [None] * len(batch)
-        slots: list[tuple[str, _Slot]] = []
-        held: list[_Slot] = []  # the locks this call holds (only those are released)
-        waits: list[asyncio.Future[None]] = []
-        removed: list[Entry] = []
         if len({qid for qid, _ in batch}) != len(batch):
             raise ValueError("a message appears twice in one record batch")
-        try:
-            # Locks in id order, so two batches can never wait for each other.
+        errors: list[QueueError | None] = [None] * len(batch)
+        waits: list[asyncio.Future[None]] = []
+        removed: list[Entry] = []
+        async with contextlib.AsyncExitStack() as held:
+            # Each message under its own lock, taken in id order so that two batches can
+            # never wait for each other; all are held until the records are durable.
             for n in sorted(range(len(batch)), key=lambda n: batch[n][0]):
                 qid, results = batch[n]
-                slot = self._slots.setdefault(qid, _Slot())
-                slot.users += 1
-                slots.append((qid, slot))
-                await slot.lock.acquire()  # returns at once unless a hold/delete is under way
-                held.append(slot)
                 try:
-                    entry = self._entry(qid)
+                    entry = await held.enter_async_context(self._exclusive(qid))
                     op = self._status_op(entry, results, now)
                 except QueueError as exc:
                     errors[n] = exc
@@ -442,13 +436,6 @@ class QueueStore:
                         removed.append(entry)
             for wait in waits:
                 await wait
-        finally:
-            for slot in held:
-                slot.lock.release()
-            for qid, slot in slots:
-                slot.users -= 1
-                if not slot.users:
-                    del self._slots[qid]
         for entry in removed:
             await self._removed(entry)
         return errors
