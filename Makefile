@@ -29,7 +29,11 @@ lint: install-dev
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
-bench: install-dev
+$(VENV)/.bench: $(VENV)/.dev
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench
 	$(BIN)/python -m bench
 
 clean:

@@ -273,12 +273,7 @@ def unavailable(name: str) -> str | None:
         try:
             import aiosmtpd  # noqa: F401
         except ImportError:
-            return "aiosmtpd is not installed in this venv"
-    if name == "aiosmtpd-uvloop":
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
-            return "uvloop is not importable in this venv (pip install uvloop)"
+            return "aiosmtpd is not installed in this venv (pip install -e '.[bench]')"
     if name == "postwright":
         try:
             import postwright  # noqa: F401

@@ -219,11 +219,7 @@ class App:
 
 
 def serve(config: Config) -> int:
-    try:
-        import uvloop  # optional: pip install postwright[fast]
-    except ImportError:
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    runner(App(config).run())
+    import uvloop  # libuv's event loop: less CPU per connection event than asyncio's own
+
+    uvloop.run(App(config).run())
     return 0
