@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 from pathlib import Path
 
 import pytest
@@ -97,27 +95,27 @@ def test_journal_appends_batches_and_rotates(tmp_path: Path) -> None:
         b"c", b"d"]
 
 
-def test_background_appends_report_results_and_errors_then_close_stops_the_writer(
-        tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "segments", segment_size=100, stats=QueueStats())
-    (tmp_path / "segments").mkdir()
+def test_write_then_synced_in_two_halves(tmp_path: Path) -> None:
+    """What the store's event loop does: write, have the batch synced elsewhere, then say
+    how that went. A failed sync cuts the batch off and moves to a new segment."""
+    stats = QueueStats()
+    journal = Journal(tmp_path, segment_size=1000, stats=stats)
     journal.start()
-    outcomes: queue.SimpleQueue[object] = queue.SimpleQueue()
-    before = threading.active_count()
-    journal.append_in_background(records(b"a" * 120), [], outcomes.put)
-    assert outcomes.get(timeout=10) == (1, 0, False)
-    assert threading.active_count() == before + 1  # the writer, started on first use
-    # The segment is past its size, so the next append starts a new one: in a directory
-    # that is gone, that fails, and the error comes back instead of killing the writer.
-    for path in (tmp_path / "segments").iterdir():
-        path.unlink()
-    (tmp_path / "segments").rmdir()
-    journal.append_in_background(records(b"b"), [], outcomes.put)
-    assert isinstance(outcomes.get(timeout=10), FileNotFoundError)
-    (tmp_path / "segments").mkdir()
-    journal.append_in_background(records(b"c"), [], outcomes.put)
-    assert outcomes.get(timeout=10) == (2, 0, True)
+    assert journal.write(records(b"a", b"b")) == (1, 0, False)
+    with pytest.raises(RuntimeError):  # one batch at a time
+        journal.write(records(b"c"))
+    journal.synced(True)
+    assert (stats.batches, stats.records, stats.syncs) == (1, 2, 1)
+    size = journal.sizes[1]
+    assert journal.write(records(b"lost")) == (1, size, False)
+    journal.synced(False)  # its sync failed: gone from the segment, not counted
+    assert (tmp_path / "00000001.log").stat().st_size == size == journal.sizes[1]
+    assert journal.write(records(b"d")) == (2, 0, True)
+    journal.synced(True)
+    with pytest.raises(RuntimeError):
+        journal.synced(True)
     journal.close()
-    assert threading.active_count() == before
-    assert [f.payload for f in scan(tmp_path / "segments" / "00000002.log")
-            if isinstance(f, Frame)] == [b"c"]
+    assert [f.payload for f in scan(tmp_path / "00000001.log") if isinstance(f, Frame)] == [
+        b"a", b"b"]
+    assert [f.payload for f in scan(tmp_path / "00000002.log") if isinstance(f, Frame)] == [
+        b"d"]

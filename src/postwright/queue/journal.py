@@ -8,8 +8,9 @@ the CRC covering the type byte and the payload, so every record validates itself
 the next valid record after damage.
 
 This module knows nothing about messages or what payloads mean (see ``store.py``); it does not
-decide what to do with damage. No asyncio here: :meth:`Journal.append` blocks; the store
-hands batches to the journal's own writer thread with :meth:`Journal.append_in_background`.
+decide what to do with damage. No asyncio here: :meth:`Journal.append` blocks; the store's
+event loop uses its two halves, :meth:`Journal.write` (on the loop) and :meth:`Journal.synced`
+(once the sync process, ``syncer.py``, has made the batch durable).
 Not an RFC topic; the durability rule is RFC 5321 section 4.5.4.1's "the receiver MUST NOT
 lose the message" after a 2xx to end-of-data.
 """
@@ -17,11 +18,10 @@ lose the message" after a 2xx to end-of-data.
 from __future__ import annotations
 
 import os
-import queue
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -48,7 +48,6 @@ _TYPES = frozenset(int(t) for t in RecordType)
 
 # What an append returns: (segment, offset of the first record, whether a segment started).
 AppendResult = tuple[int, int, bool]
-_Request = tuple[Sequence[bytes], Sequence[Path], Callable[[AppendResult | Exception], None]]
 
 
 @dataclass
@@ -258,8 +257,8 @@ def _write_all(fd: int, bufs: Sequence[bytes]) -> int:
 class Journal:
     """The writable set of segments of one queue; one active segment takes appends.
 
-    Methods block. :meth:`append` runs in a worker thread while the event loop may call
-    :meth:`delete` from another; a lock keeps the segment table consistent.
+    Methods block. The event loop calls :meth:`write` and :meth:`synced` while a worker
+    thread may call :meth:`delete`; a lock keeps the segment table consistent.
     """
 
     def __init__(self, directory: Path, *, segment_size: int, stats: QueueStats) -> None:
@@ -271,8 +270,7 @@ class Journal:
         self._fd = -1
         self._broken = False
         self._lock = threading.Lock()
-        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        self._unsynced: tuple[int, int, int] | None = None  # start, bytes, records
 
     def path(self, number: int) -> Path:
         return self.directory / segment_name(number)
@@ -319,55 +317,64 @@ class Journal:
         segment is cut back to where the batch began and the next batch starts a new segment,
         since after a failed fdatasync the file's state cannot be trusted.
         """
+        result = self.write(bufs)
+        try:
+            for d in sync_dirs:
+                fsync_dir(d)
+                self.stats.dir_syncs += 1
+            os.fdatasync(self._fd)
+        except OSError:
+            self.synced(False)
+            raise
+        self.synced(True)
+        return result
+
+    def write(self, bufs: Sequence[bytes]) -> AppendResult:
+        """The first half of :meth:`append`: one writev, no sync. The caller makes the batch
+        durable (fdatasync of :attr:`fd`, see ``syncer.py``) and then calls :meth:`synced`;
+        nothing else may be written in between."""
         with self._lock:
+            if self._unsynced is not None:
+                raise RuntimeError("the previous batch is not synced yet")
             rotated = False
             if self._broken or self.sizes[self.active] >= self.segment_size:
                 self._rotate()
                 rotated = True
-            for d in sync_dirs:
-                fsync_dir(d)
-                self.stats.dir_syncs += 1
             start = self.sizes[self.active]
             try:
                 written = _write_all(self._fd, bufs)
-                os.fdatasync(self._fd)
             except OSError:
-                self._broken = True
-                try:
-                    os.ftruncate(self._fd, start)
-                except OSError:
-                    pass
+                self._cut(start)
                 raise
-            self.stats.syncs += 1
-            self.stats.batches += 1
-            self.stats.records += len(bufs)
-            self.sizes[self.active] = start + written
+            self._unsynced = (start, written, len(bufs))
             return self.active, start, rotated
 
-    def append_in_background(self, bufs: Sequence[bytes], sync_dirs: Sequence[Path],
-                             done: Callable[[AppendResult | Exception], None]) -> None:
-        """Have the writer thread :meth:`append`; it then calls ``done`` with the result or
-        the exception. ``done`` runs in that thread and must not raise.
+    @property
+    def fd(self) -> int:
+        """The active segment's descriptor (for the process that syncs it)."""
+        return self._fd
 
-        One long-lived thread, started on first use, rather than a thread-pool task per
-        batch: a pool hand-off costs the event loop several times more (futures, callbacks,
-        context copies) and keeps the worker holding the GIL longer.
-        """
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._write_loop, daemon=True,
-                                            name="postwright-journal")
-            self._writer.start()
-        self._requests.put((bufs, sync_dirs, done))
+    def synced(self, ok: bool) -> None:
+        """The batch of the last :meth:`write` is durable (``ok``) or its sync failed."""
+        with self._lock:
+            if self._unsynced is None:
+                raise RuntimeError("no batch is waiting for its sync")
+            (start, written, records), self._unsynced = self._unsynced, None
+            if not ok:
+                self._cut(start)
+                return
+            self.stats.syncs += 1
+            self.stats.batches += 1
+            self.stats.records += records
+            self.sizes[self.active] = start + written
 
-    def _write_loop(self) -> None:
-        while (request := self._requests.get()) is not None:
-            bufs, sync_dirs, done = request
-            outcome: AppendResult | Exception
-            try:
-                outcome = self.append(bufs, sync_dirs)
-            except Exception as exc:
-                outcome = exc
-            done(outcome)
+    def _cut(self, start: int) -> None:
+        """A write or sync failed: drop what the batch wrote; start a new segment next time."""
+        self._broken = True
+        try:
+            os.ftruncate(self._fd, start)
+        except OSError:
+            pass
 
     def delete(self, number: int) -> bool:
         """Remove a closed segment, durably (the directory is synced); False if gone already."""
@@ -380,18 +387,15 @@ class Journal:
                 os.unlink(self.path(number))
             except FileNotFoundError:
                 pass
-            fsync_dir(self.directory)
-            self.stats.dir_syncs += 1
             self.stats.segments_deleted += 1
             del self.sizes[number]
-            return True
+        # Outside the lock: the event loop takes it for every write.
+        fsync_dir(self.directory)
+        self.stats.dir_syncs += 1
+        return True
 
     def close(self) -> None:
-        """Stop the writer thread once it has done what it was given; close the segment."""
-        if self._writer is not None:
-            self._requests.put(None)
-            self._writer.join()
-            self._writer = None
+        """Close the active segment."""
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)

@@ -2,10 +2,11 @@
 
 "250 means durable": :meth:`QueueStore.commit` returns only once the body and envelope are
 on stable storage. Records go through one flusher task that writes each pending batch with a
-single writev + fdatasync in a worker thread (group commit), so many sessions ending DATA at
-once share one sync. Large bodies are streamed to files and never held whole in memory. At
-:meth:`QueueStore.open` the journal is replayed into an in-memory index; torn tails are cut,
-damaged records are quarantined and the rest still loads. Old segments are deleted or compacted.
+single writev and has a child process (``syncer.py``) fdatasync it (group commit), so many
+sessions ending DATA at once share one sync. Large bodies are streamed to files and never
+held whole in memory. At :meth:`QueueStore.open` the journal is replayed into an in-memory
+index; torn tails are cut, damaged records are quarantined and the rest still loads. Old
+segments are deleted or compacted.
 
 Not here: deciding bounces or retries beyond the schedule (the delivery manager does), sockets,
 clocks (``now`` is passed in). Covers the storage duty of RFC 5321 sections 4.5.4.1 and 6.1.
@@ -22,7 +23,6 @@ import io
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -42,6 +42,7 @@ from .records import (
     encode,
 )
 from .schedule import RetrySchedule
+from .syncer import Syncer
 
 _MAX_BATCH_RECORDS = 1024
 _MAX_BATCH_BYTES = 4 * 1024 * 1024
@@ -93,6 +94,7 @@ class QueueStore:
         self._recent_bytes = 0
         self._index = QueueIndex()
         self._journal: Journal | None = None
+        self._syncer = Syncer()  # its process starts with the first write
         self._lock_fd = -1
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -171,6 +173,7 @@ class QueueStore:
         self._release()
 
     def _release(self) -> None:
+        self._syncer.stop()
         if self._journal is not None:
             self._journal.close()
             self._journal = None
@@ -351,12 +354,7 @@ class QueueStore:
             if self.commit_window > 0:
                 await asyncio.sleep(self.commit_window)
             batch = self._take_batch()
-            assert self._journal is not None
-            dirs = [self._bodies] if any(p.body_dir for p in batch) else []
-            appended: asyncio.Future[AppendResult | Exception] = loop.create_future()
-            self._journal.append_in_background([p.data for p in batch], dirs,
-                                               partial(_hand_back, loop, appended))
-            outcome = await appended
+            outcome = await self._append(batch, loop)
             if isinstance(outcome, Exception):
                 error = QueueError(f"queue write failed: {outcome}")
                 error.__cause__ = outcome
@@ -373,6 +371,33 @@ class QueueStore:
                     p.future.set_result(None)
             if rotated or self._index.dirty:
                 self._schedule_maintenance()
+
+    async def _append(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop
+                      ) -> AppendResult | Exception:
+        """Write ``batch`` to the journal here, on the loop, and have the sync process make it
+        durable (and the bodies directory, when it got new files); the error if not."""
+        journal = self._journal
+        assert journal is not None
+        try:
+            result = journal.write([p.data for p in batch])
+        except OSError as exc:
+            return exc
+        dirs: list[int] = []
+        try:
+            if any(p.body_dir for p in batch):
+                dirs.append(os.open(self._bodies, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            await self._syncer.sync([*dirs, journal.fd], loop)
+        except BaseException as exc:  # the batch's fate is unknown: cut off, new segment
+            journal.synced(False)
+            if isinstance(exc, OSError):
+                return exc
+            raise
+        finally:
+            for fd in dirs:
+                os.close(fd)
+        journal.synced(True)
+        self.stats.dir_syncs += len(dirs)
+        return result
 
     def _take_batch(self) -> list[_Pending]:
         size, count = 0, 0
@@ -575,20 +600,6 @@ class QueueStore:
         except QueueError:
             if qid in self._index.entries:
                 raise
-
-
-def _hand_back(loop: asyncio.AbstractEventLoop,
-               future: asyncio.Future[AppendResult | Exception],
-               outcome: AppendResult | Exception) -> None:
-    """Called in the journal's writer thread: pass the outcome of a batch to the loop."""
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-        loop.call_soon_threadsafe(_settle, future, outcome)
-
-
-def _settle(future: asyncio.Future[AppendResult | Exception],
-            outcome: AppendResult | Exception) -> None:
-    if not future.done():
-        future.set_result(outcome)
 
 
 __all__ = ["BodyWriter", "QueueStore", "QueueStats", "QueuedMessage", "RecipientResult",

@@ -1,0 +1,159 @@
+"""The queue's sync process: ``fdatasync`` for the event loop, without a thread.
+
+The event loop writes each group-commit batch to the journal segment itself (a copy into the
+page cache, microseconds) and has this child process make it durable. Why not a thread: a
+thread must take the interpreter lock back after every blocking call, and while the event
+loop is busy that wait was about 0.8 ms per hand-off, on top of a 1.2 ms sync (measured with
+20 sessions: a commit took 4.2 ms from hand-off to reply). A child process has an
+interpreter of its own; with it a commit takes about 3.3 ms.
+
+Wire, over a ``SOCK_SEQPACKET`` socket pair (one datagram per message):
+
+* parent -> child: an 8-byte token, with 1 to 8 file descriptors attached (``SCM_RIGHTS``).
+  The child ``fsync``s all but the last (directories that got new entries), then
+  ``fdatasync``s the last (the segment), closes its copies and answers.
+* child -> parent: the token, a 4-byte errno (0 when all went well) and a UTF-8 message.
+
+The child runs this file as a script (``python -I -S syncer.py FD``), so it imports nothing
+but the standard library and starts in milliseconds. It ignores SIGINT (Ctrl-C in a terminal
+must not interrupt a sync; the server decides when to stop) and exits when the socket closes,
+which is also what happens when the server dies. Not an RFC topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Sequence
+
+_REQUEST = struct.Struct(">Q")
+_REPLY = struct.Struct(">QI")
+MAX_FDS = 8
+
+
+class SyncerGone(OSError):
+    """The sync process is not running any more; what it was asked is not known to be done."""
+
+
+class Syncer:
+    """Parent side, used from one event loop, one :meth:`sync` at a time (what the store's
+    flusher needs)."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._token = 0
+
+    @property
+    def socket(self) -> socket.socket:
+        """The parent's end, non-blocking; starts the child, or a new one if the last has
+        died (a sync in progress then fails, the next gets a new one)."""
+        if self._proc is not None and self._proc.poll() is not None:
+            self.stop()
+        if self._sock is None:
+            self._start()
+        assert self._sock is not None
+        return self._sock
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", __file__, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+
+    async def sync(self, fds: Sequence[int], loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``fds`` synced (directories first, the file to fdatasync last); returns once
+        they are. OSError if a sync failed, SyncerGone if the child died meanwhile."""
+        token = self._request(fds)
+        try:
+            reply = await loop.sock_recv(self.socket, 4096)
+        except ConnectionError as exc:  # died with our request unread
+            self.stop()
+            raise SyncerGone(f"the queue's sync process is gone: {exc}") from exc
+        except BaseException:
+            # Cancelled: the answer would come to nobody, and then to the wrong request.
+            self.stop()
+            raise
+        self._check(token, reply)
+
+    def _request(self, fds: Sequence[int]) -> int:
+        if not 1 <= len(fds) <= MAX_FDS:
+            raise ValueError("1 to 8 descriptors per request")
+        self._token += 1
+        try:
+            socket.send_fds(self.socket, [_REQUEST.pack(self._token)], list(fds))
+        except OSError as exc:
+            self.stop()
+            raise SyncerGone(f"the queue's sync process is gone: {exc}") from exc
+        return self._token
+
+    def _check(self, token: int, reply: bytes) -> None:
+        if not reply:
+            self.stop()
+            raise SyncerGone("the queue's sync process exited")
+        got, errno = _REPLY.unpack_from(reply)
+        if got != token:
+            self.stop()
+            raise SyncerGone(f"the queue's sync process answered request {got}, not {token}")
+        if errno:
+            raise OSError(errno, reply[_REPLY.size:].decode("utf-8", "replace"))
+
+    def stop(self) -> None:
+        """Close the socket (the child then exits) and reap the child."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # stuck in a sync of a dead disk
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+
+def _serve(sock: socket.socket) -> None:
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, 64, MAX_FDS)
+        except ConnectionResetError:
+            return
+        if not data:
+            return
+        try:
+            (token,) = _REQUEST.unpack_from(data)
+            errno, message = 0, b""
+            try:
+                if not fds:
+                    raise OSError(22, "no descriptor to sync")
+                for fd in fds[:-1]:
+                    os.fsync(fd)
+                os.fdatasync(fds[-1])
+            except OSError as exc:
+                errno, message = exc.errno or 5, str(exc).encode("utf-8", "replace")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        sock.send(_REPLY.pack(token, errno) + message)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _serve(socket.socket(fileno=int(sys.argv[1])))

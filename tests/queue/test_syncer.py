@@ -1,0 +1,180 @@
+"""Tests for the queue's sync process: a real child, real descriptors passed over a socket."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from postwright.envelope import Envelope, Recipient
+from postwright.errors import QueueError
+from postwright.queue import QueueStore
+from postwright.queue.syncer import Syncer, SyncerGone
+
+
+def sync(syncer: Syncer, *fds: int) -> None:
+    async def main() -> None:
+        await asyncio.wait_for(syncer.sync(fds, asyncio.get_running_loop()), 10)
+    asyncio.run(main())
+
+
+def dead(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie until its parent reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def wait_dead(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while not dead(pid):
+        assert time.monotonic() < deadline, f"process {pid} still alive"
+        time.sleep(0.01)
+
+
+def test_syncs_a_file_and_its_directory(tmp_path: Path) -> None:
+    syncer = Syncer()
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.write(fd, b"data")
+        sync(syncer, dfd, fd)  # no exception: synced
+        sync(syncer, fd)
+        # The child closed its copies; ours still work.
+        os.write(fd, b"more")
+    finally:
+        os.close(fd)
+        os.close(dfd)
+        syncer.stop()
+    assert (tmp_path / "f").read_bytes() == b"datamore"
+
+
+def test_a_failed_sync_comes_back_as_its_errno() -> None:
+    syncer = Syncer()
+    r, w = os.pipe()  # fdatasync on a pipe: EINVAL
+    try:
+        with pytest.raises(OSError) as caught:
+            sync(syncer, w)
+        assert not isinstance(caught.value, SyncerGone)
+        assert caught.value.errno == errno.EINVAL
+    finally:
+        os.close(r)
+        os.close(w)
+        syncer.stop()
+
+
+def test_a_dead_child_is_reported_then_replaced(tmp_path: Path) -> None:
+    syncer = Syncer()
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        sync(syncer, fd)
+        first = syncer.pid
+        assert first is not None
+        # Dies between requests: noticed before the next one, which a new child serves.
+        os.kill(first, signal.SIGKILL)
+        wait_dead(first)
+        sync(syncer, fd)
+        second = syncer.pid
+        assert second is not None and second != first
+        # Dies with a request in flight: that request fails as SyncerGone.
+        os.kill(second, signal.SIGSTOP)
+
+        async def killed_meanwhile() -> None:
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.2, os.kill, second, signal.SIGKILL)
+            await asyncio.wait_for(syncer.sync([fd], loop), 10)
+        with pytest.raises(SyncerGone):
+            asyncio.run(killed_meanwhile())
+        assert syncer.pid is None  # reaped
+        sync(syncer, fd)
+    finally:
+        os.close(fd)
+        syncer.stop()
+
+
+def test_ctrl_c_does_not_stop_it_closing_the_socket_does(tmp_path: Path) -> None:
+    syncer = Syncer()
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        sync(syncer, fd)
+        pid = syncer.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGINT)
+        sync(syncer, fd)
+        assert syncer.pid == pid
+    finally:
+        os.close(fd)
+    sock = syncer._sock
+    assert sock is not None
+    sock.close()  # what the parent's death does too
+    wait_dead(pid)
+    syncer._sock = None
+    syncer.stop()
+
+
+def test_requests_need_one_to_eight_descriptors() -> None:
+    syncer = Syncer()
+    with pytest.raises(ValueError):
+        sync(syncer)
+    with pytest.raises(ValueError):
+        sync(syncer, *range(9))
+    assert syncer.pid is None  # nothing was started for them
+
+
+def sync_process() -> int:
+    """The pid of this process's queue sync child (there is one store open in the test)."""
+    found = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            for pid in f.read().split():
+                with open(f"/proc/{pid}/cmdline", "rb") as c:
+                    if b"syncer.py" in c.read():
+                        found.append(int(pid))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_the_sync_process_dying_fails_only_the_batch_it_held(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path / "q")
+    store.open()
+
+    async def main() -> tuple[str, str, str]:
+        async def put(body: bytes) -> str:
+            writer = store.new_body()
+            writer.write(body)
+            return await store.commit(
+                writer, Envelope("a@example.test", (Recipient("b@example.test"),)), now=1000.0)
+
+        a = await put(b"one\r\n")
+        first = sync_process()
+        os.kill(first, signal.SIGKILL)  # between batches: the next one gets a new child
+        wait_dead(first)
+        b = await put(b"two\r\n")
+        second = sync_process()
+        assert second != first
+        os.kill(second, signal.SIGSTOP)  # holds the next batch; then dies with it
+        asyncio.get_running_loop().call_later(0.2, os.kill, second, signal.SIGKILL)
+        with pytest.raises(QueueError, match="sync process"):
+            await put(b"three\r\n")
+        d = await put(b"four\r\n")
+        return a, b, d
+
+    a, b, d = asyncio.run(main())
+    store.close()
+    again = QueueStore(tmp_path / "q")
+    again.open()
+    # Nothing acknowledged is lost; the failed batch was cut off, never half-kept.
+    assert sorted(again.ids()) == sorted([a, b, d])
+    bodies = []
+    for q in (a, b, d):
+        with again.open_body(q) as f:
+            bodies.append(f.read())
+    again.close()
+    assert bodies == [b"one\r\n", b"two\r\n", b"four\r\n"]
