@@ -479,3 +479,21 @@ def test_a_cancelled_record_many_leaves_other_holders_locks_alone(stores: Stores
         assert store.ids() == [] and store._slots == {}
 
     asyncio.run(main())
+
+
+def test_due_recipients_looks_at_the_live_entry(stores: Stores) -> None:
+    store = stores(schedule=RetrySchedule(first=60))
+    store.open()
+
+    async def main() -> None:
+        qid = await put(store, b"x", "a@example.test", "b@example.test", "c@example.test")
+        assert store.due_recipients(qid, 1000.0) == [0, 1, 2]
+        await store.record(qid, {0: RecipientResult("delivered", "250 ok"),
+                                 1: RecipientResult("deferred", "451 later")}, now=1000.0)
+        assert store.due_recipients(qid, 1001.0) == [2]  # 1 waits for its retry
+        assert store.due_recipients(qid, 1000.0 + 61) == [1, 2]
+        await store.hold(qid)
+        assert store.due_recipients(qid, 2000.0) == []
+        assert store.due_recipients("no-such-id", 2000.0) == []
+
+    asyncio.run(main())

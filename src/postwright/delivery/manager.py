@@ -54,6 +54,7 @@ class DeliveryManager:
         self._local_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
+        self._local_domains: dict[str, bool] = {}
 
     def wake(self, qid: str | None = None) -> None:
         self._wake.set()
@@ -116,17 +117,13 @@ class DeliveryManager:
         for qid in qids:
             if taken >= self.batch_size or size >= _BATCH_BYTES:
                 break
-            try:
-                msg = self.queue.get(qid)
-            except QueueError:
-                continue  # deleted meanwhile
-            if msg.held:
-                continue
-            due = [i for i, r in enumerate(msg.recipients)
-                   if r.status in ("pending", "deferred") and r.next_attempt <= now
-                   and (qid, i) not in self._inflight]
+            # Most due messages seen while batches run are in one of them: skip those before
+            # taking a snapshot.
+            due = [i for i in self.queue.due_recipients(qid, now)
+                   if (qid, i) not in self._inflight]
             if not due:
                 continue
+            msg = self.queue.get(qid)
             taken += 1
             mine = [i for i in due if self._is_local(msg.recipients[i].recipient.address)]
             size += msg.size * max(1, len(mine))  # each local recipient gets its own copy
@@ -330,11 +327,15 @@ class DeliveryManager:
         return outcome
 
     def _is_local(self, address: str) -> bool:
-        try:
-            mailbox = parse_mailbox(address, smtputf8=True)
-        except AddressError:
-            return False
-        return mailbox.domain is not None and self.router.is_local(mailbox.domain)
+        # The domain follows the last "@" (a quoted local part may hold one, a domain never);
+        # the answer per domain is remembered, as most mail goes to a few domains.
+        domain = address.rpartition("@")[2]
+        local = self._local_domains.get(domain)
+        if local is None:
+            if len(self._local_domains) >= 4096:
+                self._local_domains.clear()
+            local = self._local_domains[domain] = self.router.is_local_domain(domain)
+        return local
 
     def _received(self, qid: str, env: Envelope, address: str) -> bytes:
         return received_header(

@@ -196,7 +196,18 @@ class QueueStore:
     def get(self, qid: str) -> QueuedMessage:
         """A snapshot of one queued message; QueueError if unknown."""
         msg = self._entry(qid).msg
-        return replace(msg, recipients=list(msg.recipients))
+        # Not dataclasses.replace: this runs for every delivery, and that is 4x slower.
+        return QueuedMessage(msg.id, msg.envelope, msg.size, msg.arrived, msg.held,
+                             list(msg.recipients))
+
+    def due_recipients(self, qid: str, now: float) -> list[int]:
+        """Positions of the recipients of ``qid`` due by ``now``; [] if held or unknown.
+        A look at the live entry, no snapshot: cheap enough for every pass of a scheduler."""
+        entry = self._index.entries.get(qid)
+        if entry is None or entry.msg.held:
+            return []
+        return [i for i, r in enumerate(entry.msg.recipients)
+                if r.status not in FINAL and r.next_attempt <= now]
 
     def open_body(self, qid: str) -> BinaryIO:
         """The body as a binary file object; safe to call from a worker thread."""
@@ -470,19 +481,21 @@ class QueueStore:
         """The record that applies ``results`` to a message: STATUS, REMOVE or nothing."""
         qid = entry.msg.id
         states = entry.msg.recipients
-        updates: dict[int, RecipientState] = {}
         for i, result in results.items():
             if result.status not in FINAL and result.status != "deferred":
                 raise ValueError(f"bad recipient status {result.status!r}")
             if not 0 <= i < len(states):
                 raise QueueError(f"message {qid} has no recipient {i}")
+        if all((results[i] if i in results else s).status in FINAL
+               for i, s in enumerate(states)):
+            return Op(RecordType.REMOVE, qid)
+        updates: dict[int, RecipientState] = {}
+        for i, result in results.items():
             attempts = states[i].attempts + 1
             later = now + self.schedule.next_delay(attempts)
             updates[i] = replace(states[i], status=result.status, attempts=attempts,
                                  next_attempt=later if result.status == "deferred" else now,
                                  last_reply=result.reply)
-        if all(updates.get(i, s).status in FINAL for i, s in enumerate(states)):
-            return Op(RecordType.REMOVE, qid)
         return Op(RecordType.STATUS, qid, updates=updates) if updates else None
 
     async def _remove(self, entry: Entry) -> None:
