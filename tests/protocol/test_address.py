@@ -14,6 +14,7 @@ from postwright.protocol.address import (
     Mailbox,
     Path,
     Utf8RequiredError,
+    _parse_path,
     parse_domain,
     parse_mailbox,
     parse_path,
@@ -513,3 +514,43 @@ def test_hostile_100k_input_is_fast(hostile: str) -> None:
         except AddressError:
             pass
     assert time.perf_counter() - started < 1.0
+
+
+def _outcome(parse: object, text: str, utf8: bool, null: bool, postmaster: bool) -> object:
+    try:
+        return parse(text, smtputf8=utf8, allow_null=null,  # type: ignore[operator]
+                     allow_postmaster=postmaster)
+    except AddressError as exc:
+        return type(exc), str(exc)
+
+
+_near_valid = st.builds(
+    lambda pre, local, domain, post: f"{pre}<{local}@{domain}>{post}",
+    st.sampled_from(["", " ", "  "]),
+    st.one_of(st.lists(st.text(alphabet="ab+!{~-", min_size=0, max_size=40), min_size=1,
+                       max_size=3).map(".".join),
+              st.text(alphabet="ab.-+!{~\"\\", min_size=0, max_size=70)),
+    st.lists(st.text(alphabet="a9-", min_size=0, max_size=66), min_size=1, max_size=5)
+    .map(".".join),
+    st.sampled_from(["", " ", "  SIZE=1", "x", " BODY=8BITMIME\r", ">"]),
+)
+
+
+@settings(max_examples=500)
+@given(st.one_of(_near_valid, st.text(alphabet=" <>@.\"-a0!#{|}~\\:[],é\r", max_size=40)),
+       st.booleans(), st.booleans(), st.booleans())
+def test_the_fast_path_agrees_with_the_scanner(text: str, utf8: bool, null: bool,
+                                               postmaster: bool) -> None:
+    assert (_outcome(parse_path, text, utf8, null, postmaster)
+            == _outcome(_parse_path, text, utf8, null, postmaster))
+
+
+def test_the_fast_path_keeps_the_limits() -> None:
+    label = "a" * 63
+    assert parse_path(f"<{'l' * 64}@{label}.test>", smtputf8=False, allow_null=False)
+    for text, reason in ((f"<{'l' * 65}@x.test>", "local part too long"),
+                         (f"<a@{'a' * 64}.test>", "domain label too long"),
+                         (f"<a@{'.'.join([label] * 4)}.abcd>", "domain too long"),
+                         (f"<{'l' * 64}@{'.'.join([label] * 3)}.{'b' * 61}>", "path too long")):
+        with pytest.raises(AddressError, match=reason):
+            parse_path(text, smtputf8=False, allow_null=False)

@@ -36,6 +36,12 @@ _LOCAL_RUN = re.compile("[" + re.escape("".join(sorted(_ATEXT | {"."}))) + "]*")
 _DOMAIN_RUN = re.compile("[" + re.escape("".join(sorted(_LDH | {"."}))) + "]*")
 _ATOM = "[" + re.escape("".join(sorted(_ATEXT))) + "]+"
 _DOT_STRING = re.compile(f"{_ATOM}(?:\\.{_ATOM})*")
+# The path nearly every client sends: "<dot-string@ascii.domain>", then nothing or a space
+# and parameters. One regular expression decides it (labels of 1-63 letters, digits and
+# inner hyphens); lengths are checked after. Anything else goes through the scanner.
+_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_SIMPLE_PATH = re.compile(f" *<({_ATOM}(?:\\.{_ATOM})*)@({_LABEL}(?:\\.{_LABEL})*)>(?: (.*))?",
+                          re.DOTALL)
 
 
 class AddressError(ValueError):
@@ -112,6 +118,20 @@ def parse_path(
     Spaces before ``<`` are tolerated. The rest has its leading spaces stripped; anything but
     a space or the end right after ``>`` is an error.
     """
+    simple = _SIMPLE_PATH.fullmatch(text)
+    if simple is not None:
+        local, domain, rest = simple.groups()
+        if len(local) <= MAX_LOCAL_PART and len(domain) <= MAX_DOMAIN and (
+                len(local) + len(domain) < MAX_PATH):
+            return Path(Mailbox(local, Domain(domain, False))), (rest or "").lstrip(" ")
+    return _parse_path(text, smtputf8=smtputf8, allow_null=allow_null,
+                       allow_postmaster=allow_postmaster)
+
+
+def _parse_path(
+    text: str, *, smtputf8: bool, allow_null: bool, allow_postmaster: bool
+) -> tuple[Path, str]:
+    """:func:`parse_path` by the scanner, for every path."""
     scan = _Scanner(text, smtputf8)
     while scan.peek() == " ":
         scan.pos += 1
