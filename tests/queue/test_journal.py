@@ -96,26 +96,45 @@ def test_journal_appends_batches_and_rotates(tmp_path: Path) -> None:
 
 
 def test_write_then_synced_in_two_halves(tmp_path: Path) -> None:
-    """What the store's event loop does: write, have the batch synced elsewhere, then say
-    how that went. A failed sync cuts the batch off and moves to a new segment."""
+    """What the store's event loop does: write batches, have them synced elsewhere, settle
+    them in order. A failed sync cuts off everything in flight and moves to a new segment."""
     stats = QueueStats()
     journal = Journal(tmp_path, segment_size=1000, stats=stats)
     journal.start()
     assert journal.write(records(b"a", b"b")) == (1, 0, False)
-    with pytest.raises(RuntimeError):  # one batch at a time
-        journal.write(records(b"c"))
-    journal.synced(True)
-    assert (stats.batches, stats.records, stats.syncs) == (1, 2, 1)
+    first = journal.sizes[1]
+    assert journal.write(records(b"c")) == (1, first, False)  # before the first is synced
+    assert journal.in_flight == 2
+    journal.synced()
+    journal.synced()
+    assert (stats.batches, stats.records, stats.syncs, journal.in_flight) == (2, 3, 2, 0)
     size = journal.sizes[1]
-    assert journal.write(records(b"lost")) == (1, size, False)
-    journal.synced(False)  # its sync failed: gone from the segment, not counted
+    journal.write(records(b"lost"))
+    journal.write(records(b"lost too"))
+    journal.failed()  # their sync failed: gone from the segment, not counted
     assert (tmp_path / "00000001.log").stat().st_size == size == journal.sizes[1]
+    assert journal.must_rotate and journal.in_flight == 0
     assert journal.write(records(b"d")) == (2, 0, True)
-    journal.synced(True)
-    with pytest.raises(RuntimeError):
-        journal.synced(True)
+    journal.synced()
+    with pytest.raises(IndexError):  # nothing in flight
+        journal.synced()
     journal.close()
     assert [f.payload for f in scan(tmp_path / "00000001.log") if isinstance(f, Frame)] == [
-        b"a", b"b"]
+        b"a", b"b", b"c"]
     assert [f.payload for f in scan(tmp_path / "00000002.log") if isinstance(f, Frame)] == [
         b"d"]
+
+
+def test_a_new_segment_waits_for_the_batches_in_flight(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, segment_size=100, stats=QueueStats())
+    journal.start()
+    journal.write(records(b"x" * 120))  # fills the segment
+    assert journal.must_rotate
+    with pytest.raises(RuntimeError):
+        journal.write(records(b"y"))
+    with pytest.raises(RuntimeError):
+        journal.append(records(b"y"))
+    journal.synced()
+    assert journal.write(records(b"y")) == (2, 0, True)
+    journal.synced()
+    journal.close()

@@ -19,7 +19,8 @@ from postwright.queue.syncer import Syncer, SyncerGone
 
 def sync(syncer: Syncer, *fds: int) -> None:
     async def main() -> None:
-        await asyncio.wait_for(syncer.sync(fds, asyncio.get_running_loop()), 10)
+        token = syncer.send(fds)
+        assert await asyncio.wait_for(syncer.receive(asyncio.get_running_loop()), 10) == token
     asyncio.run(main())
 
 
@@ -56,6 +57,32 @@ def test_syncs_a_file_and_its_directory(tmp_path: Path) -> None:
     assert (tmp_path / "f").read_bytes() == b"datamore"
 
 
+def test_requests_sent_during_a_sync_share_the_next_one(tmp_path: Path) -> None:
+    syncer = Syncer()
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        sync(syncer, fd)
+        pid = syncer.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # as if busy in a long sync
+
+        async def main() -> list[int]:
+            loop = asyncio.get_running_loop()
+            tokens = [syncer.send([fd]), syncer.send([dfd, fd]), syncer.send([fd])]
+            os.kill(pid, signal.SIGCONT)
+            answered = [await asyncio.wait_for(syncer.receive(loop), 10)]
+            while answered[-1] != tokens[-1]:  # all three, in one answer or in order
+                answered.append(await asyncio.wait_for(syncer.receive(loop), 10))
+            return answered
+        answered = asyncio.run(main())
+        assert answered == [answered[0]] and answered[0] == 4  # one answer for all three
+    finally:
+        os.close(fd)
+        os.close(dfd)
+        syncer.stop()
+
+
 def test_a_failed_sync_comes_back_as_its_errno() -> None:
     syncer = Syncer()
     r, w = os.pipe()  # fdatasync on a pipe: EINVAL
@@ -89,7 +116,8 @@ def test_a_dead_child_is_reported_then_replaced(tmp_path: Path) -> None:
         async def killed_meanwhile() -> None:
             loop = asyncio.get_running_loop()
             loop.call_later(0.2, os.kill, second, signal.SIGKILL)
-            await asyncio.wait_for(syncer.sync([fd], loop), 10)
+            syncer.send([fd])
+            await asyncio.wait_for(syncer.receive(loop), 10)
         with pytest.raises(SyncerGone):
             asyncio.run(killed_meanwhile())
         assert syncer.pid is None  # reaped

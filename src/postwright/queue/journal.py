@@ -21,6 +21,7 @@ import os
 import struct
 import threading
 import zlib
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -270,7 +271,7 @@ class Journal:
         self._fd = -1
         self._broken = False
         self._lock = threading.Lock()
-        self._unsynced: tuple[int, int, int] | None = None  # start, bytes, records
+        self._unsynced: deque[tuple[int, int]] = deque()  # (start, records) per batch
 
     def path(self, number: int) -> Path:
         return self.directory / segment_name(number)
@@ -317,6 +318,8 @@ class Journal:
         segment is cut back to where the batch began and the next batch starts a new segment,
         since after a failed fdatasync the file's state cannot be trusted.
         """
+        if self._unsynced:
+            raise RuntimeError("batches are in flight")
         result = self.write(bufs)
         try:
             for d in sync_dirs:
@@ -324,20 +327,25 @@ class Journal:
                 self.stats.dir_syncs += 1
             os.fdatasync(self._fd)
         except OSError:
-            self.synced(False)
+            self.failed()
             raise
-        self.synced(True)
+        self.synced()
         return result
 
     def write(self, bufs: Sequence[bytes]) -> AppendResult:
-        """The first half of :meth:`append`: one writev, no sync. The caller makes the batch
-        durable (fdatasync of :attr:`fd`, see ``syncer.py``) and then calls :meth:`synced`;
-        nothing else may be written in between."""
+        """The first half of :meth:`append`: one writev, no sync.
+
+        The caller makes the batch durable (fdatasync of :attr:`fd`, see ``syncer.py``) and
+        then calls :meth:`synced` (or :meth:`failed`). Further batches may be written before
+        that (pipelining); they are settled in the order they were written. A batch that
+        needs a new segment may not be written while others await their sync
+        (:attr:`must_rotate`): RuntimeError.
+        """
         with self._lock:
-            if self._unsynced is not None:
-                raise RuntimeError("the previous batch is not synced yet")
             rotated = False
-            if self._broken or self.sizes[self.active] >= self.segment_size:
+            if self.must_rotate:
+                if self._unsynced:
+                    raise RuntimeError("a new segment must wait for the batches in flight")
                 self._rotate()
                 rotated = True
             start = self.sizes[self.active]
@@ -346,31 +354,46 @@ class Journal:
             except OSError:
                 self._cut(start)
                 raise
-            self._unsynced = (start, written, len(bufs))
+            self.sizes[self.active] = start + written
+            self._unsynced.append((start, len(bufs)))
             return self.active, start, rotated
+
+    @property
+    def must_rotate(self) -> bool:
+        """The next write starts a new segment (the active one is full or broken)."""
+        return self._broken or self.sizes[self.active] >= self.segment_size
+
+    @property
+    def in_flight(self) -> int:
+        """Batches written and not yet settled by :meth:`synced` or :meth:`failed`."""
+        return len(self._unsynced)
 
     @property
     def fd(self) -> int:
         """The active segment's descriptor (for the process that syncs it)."""
         return self._fd
 
-    def synced(self, ok: bool) -> None:
-        """The batch of the last :meth:`write` is durable (``ok``) or its sync failed."""
+    def synced(self) -> None:
+        """The oldest batch in flight is durable."""
         with self._lock:
-            if self._unsynced is None:
-                raise RuntimeError("no batch is waiting for its sync")
-            (start, written, records), self._unsynced = self._unsynced, None
-            if not ok:
-                self._cut(start)
-                return
+            _start, records = self._unsynced.popleft()
             self.stats.syncs += 1
             self.stats.batches += 1
             self.stats.records += records
-            self.sizes[self.active] = start + written
+
+    def failed(self) -> None:
+        """The sync of the batches in flight failed, or is unknown: drop them all from the
+        segment, and start a new segment with the next write."""
+        with self._lock:
+            if self._unsynced:
+                self._cut(self._unsynced[0][0])
+                self._unsynced.clear()
 
     def _cut(self, start: int) -> None:
-        """A write or sync failed: drop what the batch wrote; start a new segment next time."""
+        """A write or sync failed: drop what was written from ``start`` on; start a new
+        segment next time."""
         self._broken = True
+        self.sizes[self.active] = start
         try:
             os.ftruncate(self._fd, start)
         except OSError:

@@ -1,12 +1,13 @@
 """The durable queue: messages, their envelopes and per-recipient status, on local disk.
 
 "250 means durable": :meth:`QueueStore.commit` returns only once the body and envelope are
-on stable storage. Records go through one flusher task that writes each pending batch with a
-single writev and has a child process (``syncer.py``) fdatasync it (group commit), so many
-sessions ending DATA at once share one sync. Large bodies are streamed to files and never
-held whole in memory. At :meth:`QueueStore.open` the journal is replayed into an in-memory
-index; torn tails are cut, damaged records are quarantined and the rest still loads. Old
-segments are deleted or compacted.
+on stable storage. Records pending at the end of an event-loop turn are written with one
+writev and a child process (``syncer.py``) is asked to fdatasync them; batches written while
+a sync runs share the next one (group commit, pipelined), so many sessions ending DATA at
+once share one sync and none waits for a sync that started before its record was written.
+Large bodies are streamed to files and never held whole in memory. At :meth:`QueueStore.open`
+the journal is replayed into an in-memory index; torn tails are cut, damaged records are
+quarantined and the rest still loads. Old segments are deleted or compacted.
 
 Not here: deciding bounces or retries beyond the schedule (the delivery manager does), sockets,
 clocks (``now`` is passed in). Covers the storage duty of RFC 5321 sections 4.5.4.1 and 6.1.
@@ -97,7 +98,10 @@ class QueueStore:
         self._syncer = Syncer()  # its process starts with the first write
         self._lock_fd = -1
         self._pending: list[_Pending] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._send_scheduled = False
+        # Batches written and sent to the sync process, with where they went, in order.
+        self._in_flight: list[tuple[int, list[_Pending], AppendResult]] = []  # token first
+        self._flusher: asyncio.Task[None] | None = None  # receives the sync answers
         self._maintainer: asyncio.Task[None] | None = None
         self._slots: dict[str, _Slot] = {}
         self._last_id = (0, 0)
@@ -159,6 +163,8 @@ class QueueStore:
     async def aclose(self) -> None:
         """Finish pending writes and maintenance, then release the lock."""
         while True:
+            if self._pending and not self._in_flight:
+                self._send_pending()
             tasks = [t for t in (self._flusher, self._maintainer) if t is not None and not t.done()]
             if not tasks:
                 break
@@ -167,8 +173,8 @@ class QueueStore:
 
     def close(self) -> None:
         """Close without an event loop (CLI); nothing may be in flight."""
-        if self._pending or any(t is not None and not t.done()
-                                for t in (self._flusher, self._maintainer)):
+        if self._pending or self._in_flight or any(
+                t is not None and not t.done() for t in (self._flusher, self._maintainer)):
             raise QueueError("queue has writes in flight; use aclose()")
         self._release()
 
@@ -342,8 +348,12 @@ class QueueStore:
         data, op = encode(op, body)
         item = _Pending(data, op, loop.create_future(), body_dir)
         self._pending.append(item)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush_loop())
+        if not self._send_scheduled:
+            self._send_scheduled = True
+            if self.commit_window > 0:
+                loop.call_later(self.commit_window, self._send_pending)
+            else:
+                loop.call_soon(self._send_pending)  # after this turn: its other commits too
         return item.future
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
@@ -359,56 +369,83 @@ class QueueStore:
             loop = self._loop = asyncio.get_running_loop()
         return loop
 
-    async def _flush_loop(self) -> None:
-        loop = self._running_loop()
-        while self._pending:
-            if self.commit_window > 0:
-                await asyncio.sleep(self.commit_window)
+    def _send_pending(self) -> None:
+        """Write what is pending to the journal, here on the loop, and ask the sync process
+        to make it durable; do not wait for its answer (the receiver task does)."""
+        self._send_scheduled = False
+        journal = self._journal
+        while self._pending and journal is not None:
+            if journal.must_rotate and journal.in_flight:
+                return  # a new segment waits for the old one's batches; the receiver resends
             batch = self._take_batch()
-            outcome = await self._append(batch, loop)
-            if isinstance(outcome, Exception):
-                error = QueueError(f"queue write failed: {outcome}")
-                error.__cause__ = outcome
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(error)
+            try:
+                appended = journal.write([p.data for p in batch])
+            except (OSError, RuntimeError) as exc:
+                _fail(batch, exc)
                 continue
-            segment, offset, rotated = outcome
+            dirs: list[int] = []
+            try:
+                if any(p.body_dir for p in batch):
+                    dirs.append(os.open(self._bodies,
+                                        os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+                token = self._syncer.send([*dirs, journal.fd])
+            except OSError as exc:  # the child is gone: what is in flight is lost with it
+                self._in_flight.append((0, batch, appended))
+                self._lose_in_flight(exc)
+                continue
+            finally:
+                for fd in dirs:
+                    os.close(fd)
+            self.stats.dir_syncs += len(dirs)
+            self._in_flight.append((token, batch, appended))
+        if self._in_flight and (self._flusher is None or self._flusher.done()):
+            self._flusher = self._running_loop().create_task(self._receive())
+
+    async def _receive(self) -> None:
+        """Settle the batches in flight as the sync process answers, in order."""
+        loop = self._running_loop()
+        while self._in_flight:
+            try:
+                token = await self._syncer.receive(loop)
+            except BaseException as exc:  # a failed sync, a dead child, or cancelled
+                self._lose_in_flight(exc)
+                if not isinstance(exc, OSError):
+                    raise
+            else:
+                self._settle_in_flight(token)
+            if self._pending and not self._send_scheduled:
+                self._send_pending()
+
+    def _settle_in_flight(self, token: int) -> None:
+        """The batches sent up to request ``token`` are durable: apply them, in order."""
+        assert self._journal is not None
+        rotated = False
+        done = 0
+        for sent, batch, (segment, offset, new_segment) in self._in_flight:
+            if sent > token:
+                break
+            done += 1
+            self._journal.synced()
             self._index.active = segment
+            rotated |= new_segment
             for p in batch:
                 self._index.apply(p.op, segment, offset, len(p.data))
                 offset += len(p.data)
                 if not p.future.done():
                     p.future.set_result(None)
-            if rotated or self._index.dirty:
-                self._schedule_maintenance()
+        del self._in_flight[:done]
+        if rotated or self._index.dirty:
+            self._schedule_maintenance()
 
-    async def _append(self, batch: list[_Pending], loop: asyncio.AbstractEventLoop
-                      ) -> AppendResult | Exception:
-        """Write ``batch`` to the journal here, on the loop, and have the sync process make it
-        durable (and the bodies directory, when it got new files); the error if not."""
-        journal = self._journal
-        assert journal is not None
-        try:
-            result = journal.write([p.data for p in batch])
-        except OSError as exc:
-            return exc
-        dirs: list[int] = []
-        try:
-            if any(p.body_dir for p in batch):
-                dirs.append(os.open(self._bodies, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-            await self._syncer.sync([*dirs, journal.fd], loop)
-        except BaseException as exc:  # the batch's fate is unknown: cut off, new segment
-            journal.synced(False)
-            if isinstance(exc, OSError):
-                return exc
-            raise
-        finally:
-            for fd in dirs:
-                os.close(fd)
-        journal.synced(True)
-        self.stats.dir_syncs += len(dirs)
-        return result
+    def _lose_in_flight(self, exc: BaseException) -> None:
+        """Their sync failed or is unknown: cut them off the segment, fail their commits.
+        The sync process starts afresh, so no answer meant for them can reach later ones."""
+        self._syncer.stop()
+        if self._journal is not None:
+            self._journal.failed()
+        for _token, batch, _appended in self._in_flight:
+            _fail(batch, exc)
+        self._in_flight.clear()
 
     def _take_batch(self) -> list[_Pending]:
         size, count = 0, 0
@@ -613,6 +650,14 @@ class QueueStore:
         except QueueError:
             if qid in self._index.entries:
                 raise
+
+
+def _fail(batch: list[_Pending], exc: BaseException) -> None:
+    error = QueueError(f"queue write failed: {exc}")
+    error.__cause__ = exc
+    for p in batch:
+        if not p.future.done():
+            p.future.set_exception(error)
 
 
 __all__ = ["BodyWriter", "QueueStore", "QueueStats", "QueuedMessage", "RecipientResult",

@@ -9,10 +9,14 @@ interpreter of its own; with it a commit takes about 3.3 ms.
 
 Wire, over a ``SOCK_SEQPACKET`` socket pair (one datagram per message):
 
-* parent -> child: an 8-byte token, with 1 to 8 file descriptors attached (``SCM_RIGHTS``).
-  The child ``fsync``s all but the last (directories that got new entries), then
-  ``fdatasync``s the last (the segment), closes its copies and answers.
-* child -> parent: the token, a 4-byte errno (0 when all went well) and a UTF-8 message.
+* parent -> child: an 8-byte token (1, 2, 3, ...), with 1 to 8 file descriptors attached
+  (``SCM_RIGHTS``): directories that got new entries, then the segment to ``fdatasync``.
+  The parent does not wait for an answer before sending the next request.
+* The child takes every request waiting, ``fsync``s their directories, ``fdatasync``s each
+  file once, closes its copies and answers once for all of them:
+* child -> parent: the last token served, a 4-byte errno (0 when all went well) and a UTF-8
+  message. So while one sync runs, the batches written meanwhile wait for the next one,
+  which serves them together (group commit across batches).
 
 The child runs this file as a script (``python -I -S syncer.py FD``), so it imports nothing
 but the standard library and starts in milliseconds. It ignores SIGINT (Ctrl-C in a terminal
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import socket
 import struct
@@ -41,8 +46,8 @@ class SyncerGone(OSError):
 
 
 class Syncer:
-    """Parent side, used from one event loop, one :meth:`sync` at a time (what the store's
-    flusher needs)."""
+    """Parent side, used from one event loop: :meth:`send` requests, :meth:`receive` answers
+    (one task at a time)."""
 
     def __init__(self) -> None:
         self._sock: socket.socket | None = None
@@ -74,22 +79,10 @@ class Syncer:
         ours.setblocking(False)
         self._sock = ours
 
-    async def sync(self, fds: Sequence[int], loop: asyncio.AbstractEventLoop) -> None:
-        """Have ``fds`` synced (directories first, the file to fdatasync last); returns once
-        they are. OSError if a sync failed, SyncerGone if the child died meanwhile."""
-        token = self._request(fds)
-        try:
-            reply = await loop.sock_recv(self.socket, 4096)
-        except ConnectionError as exc:  # died with our request unread
-            self.stop()
-            raise SyncerGone(f"the queue's sync process is gone: {exc}") from exc
-        except BaseException:
-            # Cancelled: the answer would come to nobody, and then to the wrong request.
-            self.stop()
-            raise
-        self._check(token, reply)
-
-    def _request(self, fds: Sequence[int]) -> int:
+    def send(self, fds: Sequence[int]) -> int:
+        """Ask for ``fds`` to be synced (directories first, the file to fdatasync last);
+        returns the request's token. Requests may be sent before earlier ones are answered.
+        SyncerGone if the child cannot be reached."""
         if not 1 <= len(fds) <= MAX_FDS:
             raise ValueError("1 to 8 descriptors per request")
         self._token += 1
@@ -100,16 +93,31 @@ class Syncer:
             raise SyncerGone(f"the queue's sync process is gone: {exc}") from exc
         return self._token
 
-    def _check(self, token: int, reply: bytes) -> None:
+    async def receive(self, loop: asyncio.AbstractEventLoop) -> int:
+        """Wait for the next answer: the token of the last request it covers (every request
+        sent up to that one is synced). OSError if those syncs failed, SyncerGone if the
+        child died (what it was asked is then not known to be done)."""
+        if self._sock is None:
+            raise SyncerGone("the queue's sync process is not running")
+        try:
+            reply = await loop.sock_recv(self._sock, 4096)
+        except ConnectionError as exc:  # died with requests unread
+            self.stop()
+            raise SyncerGone(f"the queue's sync process is gone: {exc}") from exc
+        except BaseException:
+            # Cancelled: an answer would come to nobody, and then to the wrong request.
+            self.stop()
+            raise
         if not reply:
             self.stop()
             raise SyncerGone("the queue's sync process exited")
-        got, errno = _REPLY.unpack_from(reply)
-        if got != token:
+        token, errno = _REPLY.unpack_from(reply)
+        if not 0 < token <= self._token:
             self.stop()
-            raise SyncerGone(f"the queue's sync process answered request {got}, not {token}")
+            raise SyncerGone(f"the queue's sync process answered unknown request {token}")
         if errno:
             raise OSError(errno, reply[_REPLY.size:].decode("utf-8", "replace"))
+        return int(token)
 
     def stop(self) -> None:
         """Close the socket (the child then exits) and reap the child."""
@@ -130,28 +138,49 @@ class Syncer:
 
 
 def _serve(sock: socket.socket) -> None:
+    sock.setblocking(False)
     while True:
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(sock, 64, MAX_FDS)
-        except ConnectionResetError:
-            return
-        if not data:
-            return
-        try:
-            (token,) = _REQUEST.unpack_from(data)
-            errno, message = 0, b""
+        select.select([sock], [], [])
+        # Every request waiting now is served by the same syncs: each arrived after its
+        # batch was written, so one fdatasync per file covers them all.
+        requests: list[tuple[bytes, list[int]]] = []
+        while True:
             try:
-                if not fds:
+                data, fds, _flags, _addr = socket.recv_fds(sock, 64, MAX_FDS)
+            except BlockingIOError:
+                break
+            except ConnectionResetError:
+                return
+            if not data:
+                if not requests:
+                    return  # the server closed its end
+                break
+            requests.append((data, fds))
+        if not requests:
+            continue
+        (token,) = _REQUEST.unpack_from(requests[-1][0])
+        errno, message = 0, b""
+        try:
+            files: dict[tuple[int, int], int] = {}
+            for _data, group in requests:
+                if not group:
                     raise OSError(22, "no descriptor to sync")
-                for fd in fds[:-1]:
+                for fd in group[:-1]:
                     os.fsync(fd)
-                os.fdatasync(fds[-1])
-            except OSError as exc:
-                errno, message = exc.errno or 5, str(exc).encode("utf-8", "replace")
+                st = os.fstat(group[-1])
+                files.setdefault((st.st_dev, st.st_ino), group[-1])
+            for fd in files.values():
+                os.fdatasync(fd)
+        except OSError as exc:
+            errno, message = exc.errno or 5, str(exc).encode("utf-8", "replace")
         finally:
-            for fd in fds:
-                os.close(fd)
-        sock.send(_REPLY.pack(token, errno) + message)
+            for _data, group in requests:
+                for fd in group:
+                    os.close(fd)
+        try:
+            sock.send(_REPLY.pack(token, errno) + message)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the server is gone
 
 
 if __name__ == "__main__":
