@@ -17,6 +17,7 @@ import secrets
 import zlib
 from pathlib import Path
 
+from ..durable import write_all
 from ..errors import QueueError
 
 
@@ -60,7 +61,7 @@ class BodyWriter:
                     self._buffer += data
                     return
                 self._spill()
-            _write_all(self._fd, data)
+            write_all(self._fd, [data])
         except OSError as exc:
             self._error = exc
 
@@ -70,7 +71,7 @@ class BodyWriter:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.path = path
         buffered, self._buffer = self._buffer, None
-        _write_all(self._fd, buffered)
+        write_all(self._fd, [buffered])
 
     def read_all(self, limit: int) -> bytes | None:
         """The content written so far when it is at most ``limit`` octets, else None.
@@ -144,12 +145,3 @@ class BodyWriter:
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
-
-
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        if n <= 0:
-            raise OSError("write wrote nothing")
-        view = view[n:]

@@ -28,13 +28,13 @@ from enum import IntEnum
 from pathlib import Path
 
 from ..durable import fsync_dir as fsync_dir  # used by the store and recovery too
+from ..durable import write_all
 
 MAGIC = b"\x8fPWJ"
 _HEADER = struct.Struct(">4sBII")
 HEADER_SIZE = _HEADER.size  # 13
 MAX_PAYLOAD = 1 << 30
 _READ_CHUNK = 1 << 20
-_IOV_MAX = 1024
 
 
 class RecordType(IntEnum):
@@ -239,22 +239,6 @@ def truncate(path: Path, size: int) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, bufs: Sequence[bytes]) -> int:
-    views = [memoryview(b) for b in bufs if b]
-    total = sum(len(v) for v in views)
-    i = 0
-    while i < len(views):
-        n = os.writev(fd, views[i:i + _IOV_MAX])
-        if n <= 0:
-            raise OSError("writev wrote nothing")
-        while i < len(views) and n >= len(views[i]):
-            n -= len(views[i])
-            i += 1
-        if n:
-            views[i] = views[i][n:]
-    return total
-
-
 class Journal:
     """The writable set of segments of one queue; one active segment takes appends.
 
@@ -350,7 +334,7 @@ class Journal:
                 rotated = True
             start = self.sizes[self.active]
             try:
-                written = _write_all(self._fd, bufs)
+                written = write_all(self._fd, bufs)
             except OSError:
                 self._cut(start)
                 raise
