@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -17,11 +18,20 @@ from postwright.queue import QueueStore
 from postwright.queue.syncer import Syncer, SyncerGone
 
 
+def answers(syncer: Syncer) -> tuple[int | None, OSError | None]:
+    """Wait until the child has answered, then read what it said."""
+    ready, _, _ = select.select([syncer.fileno()], [], [], 10)
+    assert ready, "no answer from the sync process"
+    return syncer.answers()
+
+
 def sync(syncer: Syncer, *fds: int) -> None:
-    async def main() -> None:
-        token = syncer.send(fds)
-        assert await asyncio.wait_for(syncer.receive(asyncio.get_running_loop()), 10) == token
-    asyncio.run(main())
+    syncer.start()
+    token = syncer.send(fds)
+    synced, error = answers(syncer)
+    if error is not None:
+        raise error
+    assert synced == token
 
 
 def dead(pid: int) -> bool:
@@ -66,17 +76,10 @@ def test_requests_sent_during_a_sync_share_the_next_one(tmp_path: Path) -> None:
         pid = syncer.pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)  # as if busy in a long sync
-
-        async def main() -> list[int]:
-            loop = asyncio.get_running_loop()
-            tokens = [syncer.send([fd]), syncer.send([dfd, fd]), syncer.send([fd])]
-            os.kill(pid, signal.SIGCONT)
-            answered = [await asyncio.wait_for(syncer.receive(loop), 10)]
-            while answered[-1] != tokens[-1]:  # all three, in one answer or in order
-                answered.append(await asyncio.wait_for(syncer.receive(loop), 10))
-            return answered
-        answered = asyncio.run(main())
-        assert answered == [answered[0]] and answered[0] == 4  # one answer for all three
+        tokens = [syncer.send([fd]), syncer.send([dfd, fd]), syncer.send([fd])]
+        os.kill(pid, signal.SIGCONT)
+        assert answers(syncer) == (tokens[-1], None)  # one answer for all three
+        assert syncer.answers() == (None, None)  # and no other
     finally:
         os.close(fd)
         os.close(dfd)
@@ -104,23 +107,23 @@ def test_a_dead_child_is_reported_then_replaced(tmp_path: Path) -> None:
         sync(syncer, fd)
         first = syncer.pid
         assert first is not None
-        # Dies between requests: noticed before the next one, which a new child serves.
+        # Dies between requests: its socket says so, and the owner starts a new one.
         os.kill(first, signal.SIGKILL)
         wait_dead(first)
+        with pytest.raises(SyncerGone):
+            answers(syncer)
+        syncer.stop()
         sync(syncer, fd)
         second = syncer.pid
         assert second is not None and second != first
-        # Dies with a request in flight: that request fails as SyncerGone.
+        # Dies with a request in flight: reading its answer says so.
         os.kill(second, signal.SIGSTOP)
-
-        async def killed_meanwhile() -> None:
-            loop = asyncio.get_running_loop()
-            loop.call_later(0.2, os.kill, second, signal.SIGKILL)
-            syncer.send([fd])
-            await asyncio.wait_for(syncer.receive(loop), 10)
+        syncer.send([fd])
+        os.kill(second, signal.SIGKILL)
         with pytest.raises(SyncerGone):
-            asyncio.run(killed_meanwhile())
-        assert syncer.pid is None  # reaped
+            answers(syncer)
+        syncer.stop()  # the owner's call, as the store makes it
+        assert syncer.pid is None and not syncer.running
         sync(syncer, fd)
     finally:
         os.close(fd)
@@ -150,10 +153,11 @@ def test_ctrl_c_does_not_stop_it_closing_the_socket_does(tmp_path: Path) -> None
 def test_requests_need_one_to_eight_descriptors() -> None:
     syncer = Syncer()
     with pytest.raises(ValueError):
-        sync(syncer)
+        syncer.send([])
     with pytest.raises(ValueError):
-        sync(syncer, *range(9))
-    assert syncer.pid is None  # nothing was started for them
+        syncer.send(list(range(9)))
+    with pytest.raises(SyncerGone):  # not started
+        syncer.send([0])
 
 
 def sync_process() -> int:

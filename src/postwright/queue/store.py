@@ -43,7 +43,7 @@ from .records import (
     encode,
 )
 from .schedule import RetrySchedule
-from .syncer import Syncer
+from .syncer import Syncer, SyncerGone
 
 _MAX_BATCH_RECORDS = 1024
 _MAX_BATCH_BYTES = 4 * 1024 * 1024
@@ -101,7 +101,8 @@ class QueueStore:
         self._send_scheduled = False
         # Batches written and sent to the sync process, with where they went, in order.
         self._in_flight: list[tuple[int, list[_Pending], AppendResult]] = []  # token first
-        self._flusher: asyncio.Task[None] | None = None  # receives the sync answers
+        self._watching: asyncio.AbstractEventLoop | None = None  # reads the sync answers
+        self._drained: asyncio.Future[None] | None = None  # aclose() waits for the batches
         self._maintainer: asyncio.Task[None] | None = None
         self._slots: dict[str, _Slot] = {}
         self._last_id = (0, 0)
@@ -162,24 +163,27 @@ class QueueStore:
 
     async def aclose(self) -> None:
         """Finish pending writes and maintenance, then release the lock."""
-        while True:
+        while self._journal is not None:
             if self._pending and not self._in_flight:
                 self._send_pending()
-            tasks = [t for t in (self._flusher, self._maintainer) if t is not None and not t.done()]
-            if not tasks:
+            if self._in_flight:
+                self._drained = asyncio.get_running_loop().create_future()
+                await self._drained
+            elif self._maintainer is not None and not self._maintainer.done():
+                await asyncio.wait([self._maintainer])
+            elif not self._pending:
                 break
-            await asyncio.wait(tasks)
         self._release()
 
     def close(self) -> None:
         """Close without an event loop (CLI); nothing may be in flight."""
-        if self._pending or self._in_flight or any(
-                t is not None and not t.done() for t in (self._flusher, self._maintainer)):
+        if self._pending or self._in_flight or (
+                self._maintainer is not None and not self._maintainer.done()):
             raise QueueError("queue has writes in flight; use aclose()")
         self._release()
 
     def _release(self) -> None:
-        self._syncer.stop()
+        self._stop_syncer()
         if self._journal is not None:
             self._journal.close()
             self._journal = None
@@ -371,14 +375,15 @@ class QueueStore:
 
     def _send_pending(self) -> None:
         """Write what is pending to the journal, here on the loop, and ask the sync process
-        to make it durable; do not wait for its answer (the receiver task does)."""
+        to make it durable; do not wait for its answer (:meth:`_on_answers` takes it)."""
         self._send_scheduled = False
         journal = self._journal
         while self._pending and journal is not None:
             if journal.must_rotate and journal.in_flight:
-                return  # a new segment waits for the old one's batches; the receiver resends
+                return  # a new segment waits for the old one's batches (see _on_answers)
             batch = self._take_batch()
             try:
+                self._ready_syncer()  # before the write: a restart fails what is in flight
                 appended = journal.write([p.data for p in batch])
             except (OSError, RuntimeError) as exc:
                 _fail(batch, exc)
@@ -398,23 +403,47 @@ class QueueStore:
                     os.close(fd)
             self.stats.dir_syncs += len(dirs)
             self._in_flight.append((token, batch, appended))
-        if self._in_flight and (self._flusher is None or self._flusher.done()):
-            self._flusher = self._running_loop().create_task(self._receive())
 
-    async def _receive(self) -> None:
-        """Settle the batches in flight as the sync process answers, in order."""
+    def _ready_syncer(self) -> None:
+        """Have the sync process running and its answers watched from this loop."""
+        syncer = self._syncer
+        if syncer.exited:  # died since its last answer: what it held is lost with it
+            self._lose_in_flight(SyncerGone("the queue's sync process exited"))
+        if not syncer.running:
+            syncer.start()
         loop = self._running_loop()
-        while self._in_flight:
-            try:
-                token = await self._syncer.receive(loop)
-            except BaseException as exc:  # a failed sync, a dead child, or cancelled
-                self._lose_in_flight(exc)
-                if not isinstance(exc, OSError):
-                    raise
-            else:
+        if self._watching is not loop:
+            # Answers are read by a reader callback, not a task awaiting them: a task would
+            # resume one loop turn later, and every turn is a fraction of a millisecond
+            # more for each session waiting for its 250.
+            loop.add_reader(syncer.fileno(), self._on_answers)
+            self._watching = loop
+
+    def _on_answers(self) -> None:
+        """The sync process answered (or died): settle the batches in flight, in order."""
+        try:
+            token, error = self._syncer.answers()
+        except OSError as exc:
+            self._lose_in_flight(exc)
+        else:
+            if token is not None:
                 self._settle_in_flight(token)
-            if self._pending and not self._send_scheduled:
-                self._send_pending()
+            if error is not None:
+                self._lose_in_flight(error)
+        if self._pending and not self._send_scheduled:
+            self._send_pending()
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if not self._in_flight and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _stop_syncer(self) -> None:
+        if self._watching is not None:
+            if not self._watching.is_closed() and self._syncer.running:
+                self._watching.remove_reader(self._syncer.fileno())
+            self._watching = None
+        self._syncer.stop()
 
     def _settle_in_flight(self, token: int) -> None:
         """The batches sent up to request ``token`` are durable: apply them, in order."""
@@ -440,12 +469,13 @@ class QueueStore:
     def _lose_in_flight(self, exc: BaseException) -> None:
         """Their sync failed or is unknown: cut them off the segment, fail their commits.
         The sync process starts afresh, so no answer meant for them can reach later ones."""
-        self._syncer.stop()
+        self._stop_syncer()
         if self._journal is not None:
             self._journal.failed()
         for _token, batch, _appended in self._in_flight:
             _fail(batch, exc)
         self._in_flight.clear()
+        self._check_drained()
 
     def _take_batch(self) -> list[_Pending]:
         size, count = 0, 0

@@ -26,7 +26,6 @@ which is also what happens when the server dies. Not an RFC topic.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import select
 import signal
@@ -46,8 +45,9 @@ class SyncerGone(OSError):
 
 
 class Syncer:
-    """Parent side, used from one event loop: :meth:`send` requests, :meth:`receive` answers
-    (one task at a time)."""
+    """Parent side, used from one event loop: :meth:`start` the child, :meth:`send` requests,
+    and when :meth:`fileno` is readable, read the answers with :meth:`answers`. It never
+    stops or restarts the child by itself: its owner decides (see the store)."""
 
     def __init__(self) -> None:
         self._sock: socket.socket | None = None
@@ -55,17 +55,18 @@ class Syncer:
         self._token = 0
 
     @property
-    def socket(self) -> socket.socket:
-        """The parent's end, non-blocking; starts the child, or a new one if the last has
-        died (a sync in progress then fails, the next gets a new one)."""
-        if self._proc is not None and self._proc.poll() is not None:
-            self.stop()
-        if self._sock is None:
-            self._start()
-        assert self._sock is not None
-        return self._sock
+    def running(self) -> bool:
+        """Started and not stopped (the child may have died meanwhile: see :attr:`exited`)."""
+        return self._sock is not None
 
-    def _start(self) -> None:
+    @property
+    def exited(self) -> bool:
+        """Started, and the child has exited since."""
+        return self._proc is not None and self._proc.poll() is not None
+
+    def start(self) -> None:
+        if self._sock is not None:
+            return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = subprocess.Popen(
@@ -79,45 +80,50 @@ class Syncer:
         ours.setblocking(False)
         self._sock = ours
 
+    def fileno(self) -> int:
+        """The parent's end of the socket: readable when answers (or the child's end) came."""
+        if self._sock is None:
+            raise SyncerGone("the queue's sync process is not running")
+        return self._sock.fileno()
+
     def send(self, fds: Sequence[int]) -> int:
         """Ask for ``fds`` to be synced (directories first, the file to fdatasync last);
-        returns the request's token. Requests may be sent before earlier ones are answered.
-        SyncerGone if the child cannot be reached."""
+        returns the request's token (1, 2, 3, ...). Requests may be sent before earlier ones
+        are answered. SyncerGone if the child cannot be reached."""
         if not 1 <= len(fds) <= MAX_FDS:
             raise ValueError("1 to 8 descriptors per request")
+        if self._sock is None:
+            raise SyncerGone("the queue's sync process is not running")
         self._token += 1
         try:
-            socket.send_fds(self.socket, [_REQUEST.pack(self._token)], list(fds))
+            socket.send_fds(self._sock, [_REQUEST.pack(self._token)], list(fds))
         except OSError as exc:
-            self.stop()
             raise SyncerGone(f"the queue's sync process is gone: {exc}") from exc
         return self._token
 
-    async def receive(self, loop: asyncio.AbstractEventLoop) -> int:
-        """Wait for the next answer: the token of the last request it covers (every request
-        sent up to that one is synced). OSError if those syncs failed, SyncerGone if the
-        child died (what it was asked is then not known to be done)."""
+    def answers(self) -> tuple[int | None, OSError | None]:
+        """Read every answer waiting, without blocking: the last token they say is synced
+        (every request up to it is; None if no such answer), and the error of an answer that
+        says its syncs failed (what was sent up to it is then not known to be durable).
+        SyncerGone if the child has died."""
         if self._sock is None:
             raise SyncerGone("the queue's sync process is not running")
-        try:
-            reply = await loop.sock_recv(self._sock, 4096)
-        except ConnectionError as exc:  # died with requests unread
-            self.stop()
-            raise SyncerGone(f"the queue's sync process is gone: {exc}") from exc
-        except BaseException:
-            # Cancelled: an answer would come to nobody, and then to the wrong request.
-            self.stop()
-            raise
-        if not reply:
-            self.stop()
-            raise SyncerGone("the queue's sync process exited")
-        token, errno = _REPLY.unpack_from(reply)
-        if not 0 < token <= self._token:
-            self.stop()
-            raise SyncerGone(f"the queue's sync process answered unknown request {token}")
-        if errno:
-            raise OSError(errno, reply[_REPLY.size:].decode("utf-8", "replace"))
-        return int(token)
+        synced: int | None = None
+        while True:
+            try:
+                reply = self._sock.recv(4096)
+            except BlockingIOError:
+                return synced, None
+            except ConnectionError as exc:  # died with requests unread
+                raise SyncerGone(f"the queue's sync process is gone: {exc}") from exc
+            if not reply:
+                raise SyncerGone("the queue's sync process exited")
+            token, errno = _REPLY.unpack_from(reply)
+            if not 0 < token <= self._token:
+                raise SyncerGone(f"the queue's sync process answered unknown request {token}")
+            if errno:
+                return synced, OSError(errno, reply[_REPLY.size:].decode("utf-8", "replace"))
+            synced = int(token)
 
     def stop(self) -> None:
         """Close the socket (the child then exits) and reap the child."""
