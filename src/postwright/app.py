@@ -148,6 +148,7 @@ class App:
                                      self.manager.wake, self.router, cfg.hostname)
         await self.control.start()
         await self.maildir.start()  # a child that cannot start is a start-up error
+        self.queue.start_sync_process()  # likewise; and its memory counts from the start
         self._manager_task = asyncio.get_running_loop().create_task(self.manager.run())
         if cfg.authentication.checks and cfg.listen.smtp:
             self._dns_probe = asyncio.get_running_loop().create_task(self._probe_dns())

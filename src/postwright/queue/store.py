@@ -404,6 +404,12 @@ class QueueStore:
             self.stats.dir_syncs += len(dirs)
             self._in_flight.append((token, batch, appended))
 
+    def start_sync_process(self) -> None:
+        """Start the sync process now rather than at the first write (a server does, so
+        that a failure to start it is a start-up error). Call from the event loop."""
+        self._writable()
+        self._ready_syncer()
+
     def _ready_syncer(self) -> None:
         """Have the sync process running and its answers watched from this loop."""
         syncer = self._syncer
