@@ -30,10 +30,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from postwright.testing.postfix import PostfixError, PrivatePostfix, processes
+from postwright.testing.postfix import wait_for_greeting as _wait_for_greeting
 
 REPO = Path(__file__).resolve().parents[1]
 DOMAIN = "bench.test"
@@ -57,24 +57,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_greeting(port: int, timeout: float, alive: subprocess.Popen[bytes] | None) -> str:
-    """Connect until the server sends its 220 line; return that line."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if alive is not None and alive.poll() is not None:
-            raise PeerError(f"exited with status {alive.returncode} during start-up")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                line = s.makefile("rb").readline().decode(errors="replace").strip()
-                if line.startswith("220"):
-                    s.sendall(b"QUIT\r\n")
-                    return line
-                last = line or "empty greeting"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.05)
-    raise PeerError(f"no 220 greeting on port {port} within {timeout:.0f}s ({last})")
+def wait_for_greeting(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> str:
+    """The 220 line of a server this bench started on loopback ``port``; PeerError on
+    timeout or if the process exits first."""
+    return _wait_for_greeting(
+        "127.0.0.1", port, timeout,
+        lambda: None if proc.poll() is None else
+        f"exited with status {proc.returncode} during start-up", PeerError)
 
 
 def process_tree(root: int) -> list[int]:

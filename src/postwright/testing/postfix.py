@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 POSTFIX = Path(shutil.which("postfix") or "/usr/sbin/postfix")
@@ -61,6 +62,30 @@ postlog unix-dgram n - n - 1 postlogd
 
 class PostfixError(Exception):
     """The instance could not be configured or started; the message says why, in one line."""
+
+
+def wait_for_greeting(host: str, port: int, timeout: float, exited: Callable[[], str | None],
+                      error: type[Exception]) -> str:
+    """Connect until the server on ``host:port`` sends its 220 line (then QUIT); return that
+    line. Raises ``error`` on timeout, or as soon as ``exited()`` gives a reason (the server
+    process is gone)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        why = exited()
+        if why is not None:
+            raise error(why)
+        try:
+            with socket.create_connection((host, port), timeout=2) as s:
+                line = s.makefile("rb").readline().decode(errors="replace").strip()
+                if line.startswith("220"):
+                    s.sendall(b"QUIT\r\n")
+                    return line
+                last = line or "empty greeting"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    raise error(f"no 220 greeting on {host}:{port} within {timeout:.0f}s ({last})")
 
 
 def _mailbox_user() -> tuple[int, int]:
@@ -220,23 +245,11 @@ biff = no
             raise PostfixError(f"{exc}{self._log_tail()}") from None
 
     def _wait_for_greeting(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
+        def exited() -> str | None:
             if self.master_pid is not None and not os.path.exists(f"/proc/{self.master_pid}"):
-                raise PostfixError("the Postfix master exited during start-up")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=2) as s:
-                    line = s.makefile("rb").readline().decode(errors="replace").strip()
-                    if line.startswith("220"):
-                        s.sendall(b"QUIT\r\n")
-                        return line
-                    last = line or "empty greeting"
-            except OSError as exc:
-                last = str(exc)
-            time.sleep(0.05)
-        raise PostfixError(f"no 220 greeting on {self.host}:{self.port} within {timeout:.0f}s"
-                           f" ({last})")
+                return "the Postfix master exited during start-up"
+            return None
+        return wait_for_greeting(self.host, self.port, timeout, exited, PostfixError)
 
     def stop(self) -> None:
         """``postfix stop``, wait up to 10 s for its processes to end, kill what is left of
