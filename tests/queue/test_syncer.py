@@ -8,6 +8,7 @@ import os
 import select
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,44 +51,52 @@ def wait_dead(pid: int) -> None:
         time.sleep(0.01)
 
 
-def test_syncs_a_file_and_its_directory(tmp_path: Path) -> None:
-    syncer = Syncer()
-    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
-    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.write(fd, b"data")
-        sync(syncer, dfd, fd)  # no exception: synced
-        sync(syncer, fd)
-        # The child closed its copies; ours still work.
-        os.write(fd, b"more")
-    finally:
-        os.close(fd)
-        os.close(dfd)
-        syncer.stop()
+@pytest.fixture
+def syncer() -> Iterator[Syncer]:
+    made = Syncer()
+    yield made
+    made.stop()
+
+
+@pytest.fixture
+def fd(tmp_path: Path) -> Iterator[int]:
+    """A file to sync, open for writing."""
+    opened = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    yield opened
+    os.close(opened)
+
+
+@pytest.fixture
+def dfd(tmp_path: Path) -> Iterator[int]:
+    """Its directory."""
+    opened = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    yield opened
+    os.close(opened)
+
+
+def test_syncs_a_file_and_its_directory(syncer: Syncer, fd: int, dfd: int,
+                                        tmp_path: Path) -> None:
+    os.write(fd, b"data")
+    sync(syncer, dfd, fd)  # no exception: synced
+    sync(syncer, fd)
+    # The child closed its copies; ours still work.
+    os.write(fd, b"more")
     assert (tmp_path / "f").read_bytes() == b"datamore"
 
 
-def test_requests_sent_during_a_sync_share_the_next_one(tmp_path: Path) -> None:
-    syncer = Syncer()
-    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
-    dfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        sync(syncer, fd)
-        pid = syncer.pid
-        assert pid is not None
-        os.kill(pid, signal.SIGSTOP)  # as if busy in a long sync
-        tokens = [syncer.send([fd]), syncer.send([dfd, fd]), syncer.send([fd])]
-        os.kill(pid, signal.SIGCONT)
-        assert answers(syncer) == (tokens[-1], None)  # one answer for all three
-        assert syncer.answers() == (None, None)  # and no other
-    finally:
-        os.close(fd)
-        os.close(dfd)
-        syncer.stop()
+def test_requests_sent_during_a_sync_share_the_next_one(syncer: Syncer, fd: int,
+                                                        dfd: int) -> None:
+    sync(syncer, fd)
+    pid = syncer.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # as if busy in a long sync
+    tokens = [syncer.send([fd]), syncer.send([dfd, fd]), syncer.send([fd])]
+    os.kill(pid, signal.SIGCONT)
+    assert answers(syncer) == (tokens[-1], None)  # one answer for all three
+    assert syncer.answers() == (None, None)  # and no other
 
 
-def test_a_failed_sync_comes_back_as_its_errno() -> None:
-    syncer = Syncer()
+def test_a_failed_sync_comes_back_as_its_errno(syncer: Syncer) -> None:
     r, w = os.pipe()  # fdatasync on a pipe: EINVAL
     try:
         with pytest.raises(OSError) as caught:
@@ -97,61 +106,47 @@ def test_a_failed_sync_comes_back_as_its_errno() -> None:
     finally:
         os.close(r)
         os.close(w)
-        syncer.stop()
 
 
-def test_a_dead_child_is_reported_then_replaced(tmp_path: Path) -> None:
-    syncer = Syncer()
-    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
-    try:
-        sync(syncer, fd)
-        first = syncer.pid
-        assert first is not None
-        # Dies between requests: its socket says so, and the owner starts a new one.
-        os.kill(first, signal.SIGKILL)
-        wait_dead(first)
-        with pytest.raises(SyncerGone):
-            answers(syncer)
-        syncer.stop()
-        sync(syncer, fd)
-        second = syncer.pid
-        assert second is not None and second != first
-        # Dies with a request in flight: reading its answer says so.
-        os.kill(second, signal.SIGSTOP)
-        syncer.send([fd])
-        os.kill(second, signal.SIGKILL)
-        with pytest.raises(SyncerGone):
-            answers(syncer)
-        syncer.stop()  # the owner's call, as the store makes it
-        assert syncer.pid is None and not syncer.running
-        sync(syncer, fd)
-    finally:
-        os.close(fd)
-        syncer.stop()
+def test_a_dead_child_is_reported_then_replaced(syncer: Syncer, fd: int) -> None:
+    sync(syncer, fd)
+    first = syncer.pid
+    assert first is not None
+    # Dies between requests: its socket says so, and the owner starts a new one.
+    os.kill(first, signal.SIGKILL)
+    wait_dead(first)
+    with pytest.raises(SyncerGone):
+        answers(syncer)
+    syncer.stop()
+    sync(syncer, fd)
+    second = syncer.pid
+    assert second is not None and second != first
+    # Dies with a request in flight: reading its answer says so.
+    os.kill(second, signal.SIGSTOP)
+    syncer.send([fd])
+    os.kill(second, signal.SIGKILL)
+    with pytest.raises(SyncerGone):
+        answers(syncer)
+    syncer.stop()  # the owner's call, as the store makes it
+    assert syncer.pid is None and not syncer.running
+    sync(syncer, fd)
 
 
-def test_ctrl_c_does_not_stop_it_closing_the_socket_does(tmp_path: Path) -> None:
-    syncer = Syncer()
-    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
-    try:
-        sync(syncer, fd)
-        pid = syncer.pid
-        assert pid is not None
-        os.kill(pid, signal.SIGINT)
-        sync(syncer, fd)
-        assert syncer.pid == pid
-    finally:
-        os.close(fd)
+def test_ctrl_c_does_not_stop_it_closing_the_socket_does(syncer: Syncer, fd: int) -> None:
+    sync(syncer, fd)
+    pid = syncer.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGINT)
+    sync(syncer, fd)
+    assert syncer.pid == pid
     sock = syncer._sock
     assert sock is not None
     sock.close()  # what the parent's death does too
     wait_dead(pid)
     syncer._sock = None
-    syncer.stop()
 
 
-def test_requests_need_one_to_eight_descriptors() -> None:
-    syncer = Syncer()
+def test_requests_need_one_to_eight_descriptors(syncer: Syncer) -> None:
     with pytest.raises(ValueError):
         syncer.send([])
     with pytest.raises(ValueError):

@@ -54,7 +54,6 @@ class DeliveryManager:
         self._local_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._local_domains: dict[str, bool] = {}
 
     def wake(self, qid: str | None = None) -> None:
         self._wake.set()
@@ -327,15 +326,8 @@ class DeliveryManager:
         return outcome
 
     def _is_local(self, address: str) -> bool:
-        # The domain follows the last "@" (a quoted local part may hold one, a domain never);
-        # the answer per domain is remembered, as most mail goes to a few domains.
-        domain = address.rpartition("@")[2]
-        local = self._local_domains.get(domain)
-        if local is None:
-            if len(self._local_domains) >= 4096:
-                self._local_domains.clear()
-            local = self._local_domains[domain] = self.router.is_local_domain(domain)
-        return local
+        # The domain follows the last "@" (a quoted local part may hold one, a domain never).
+        return self.router.is_local_domain(address.rpartition("@")[2])
 
     def _received(self, qid: str, env: Envelope, address: str) -> bytes:
         return received_header(

@@ -395,8 +395,8 @@ class QueueStore:
                                         os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
                 token = self._syncer.send([*dirs, journal.fd])
             except OSError as exc:  # the child is gone: what is in flight is lost with it
-                self._in_flight.append((0, batch, appended))
-                self._lose_in_flight(exc)
+                self._lose_in_flight(exc)  # the journal cuts this batch off too
+                _fail(batch, exc)
                 continue
             finally:
                 for fd in dirs:

@@ -239,17 +239,16 @@ biff = no
             raise PostfixError(f"postfix left no master.pid in {self.spool}/pid"
                                + self._log_tail())
         try:
-            return self._wait_for_greeting(timeout)
+            return wait_for_greeting(self.host, self.port, timeout, self._master_gone,
+                                     PostfixError)
         except PostfixError as exc:
             self.stop()
             raise PostfixError(f"{exc}{self._log_tail()}") from None
 
-    def _wait_for_greeting(self, timeout: float) -> str:
-        def exited() -> str | None:
-            if self.master_pid is not None and not os.path.exists(f"/proc/{self.master_pid}"):
-                return "the Postfix master exited during start-up"
-            return None
-        return wait_for_greeting(self.host, self.port, timeout, exited, PostfixError)
+    def _master_gone(self) -> str | None:
+        if self.master_pid is not None and not os.path.exists(f"/proc/{self.master_pid}"):
+            return "the Postfix master exited during start-up"
+        return None
 
     def stop(self) -> None:
         """``postfix stop``, wait up to 10 s for its processes to end, kill what is left of
