@@ -16,8 +16,10 @@ import argparse
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -43,7 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help=f"comma-separated subset of {','.join(PEER_NAMES)} "
                         f"(default {','.join(DEFAULT_PEERS)})")
     parser.add_argument("--tmpdir", type=Path, default=None,
-                        help="where the peers' temporary directories go (default: $TMPDIR)")
+                        help="where the bench's temporary directory goes (default: $TMPDIR)")
     parser.add_argument("--no-json", action="store_true", help="do not write bench/results/")
     args = parser.parse_args(argv)
     chosen = [n.strip() for item in args.scenario for n in item.split(",") if n.strip()]
@@ -193,6 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         say(f"bench: skipped: {load.SMTP_SOURCE} not found (apt-get install postfix)")
         return 0
     say(f"$ {command}")
+    # Every peer's directory lives under this one, removed at the very end: deleting a run's
+    # files between runs would bill the next peer for the file system's clean-up.
+    base = Path(tempfile.mkdtemp(prefix="bench-", dir=args.tmpdir))
+    base.chmod(0o711)  # Postfix's own users must reach their peer's directory inside
+    try:
+        return run_bench(args, command, base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run_bench(args: argparse.Namespace, command: str, base: Path) -> int:
     info = machine()
     all_scenarios = load.scenarios(args.quick)
     comparative = {n: s for n, s in all_scenarios.items() if n in args.scenarios}
@@ -211,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         needed.append("postwright")
     active = []
     for name in needed:
-        why = preflight(name, args.tmpdir, info)
+        why = preflight(name, base, info)
         if why:
             skipped[name] = why
             say(f"{name}: skipped: {why}")
@@ -228,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in order:
                 if scenario.relay and name not in RELAY_PEERS:
                     continue  # the aiosmtpd sinks store and forward nothing
-                result = run_one(name, scenario, round_no, args.tmpdir)
+                result = run_one(name, scenario, round_no, base)
                 results.append(result)
                 say(progress(result, args.rounds, scenario.relay))
     extras: list[dict[str, object]] = []
@@ -237,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             extras.append({"scenario": name, "skipped": skipped.get("postwright",
                                                                     "postwright not selected")})
         else:
-            extras.append(run_extra(name, args.quick, args.tmpdir))
+            extras.append(run_extra(name, args.quick, base))
         say(f"{name}: {report.describe_extra(extras[-1])}")
     elapsed = time.monotonic() - started
     summaries = report.summarise(results)

@@ -24,7 +24,6 @@ to a peer (:meth:`Peer.pids`). No RFC is implemented here; the servers speak RFC
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -288,11 +287,10 @@ def make_peer(name: str, base: Path | None, limits: dict[str, int] | None = None
 
 
 def discard(peer: Peer) -> None:
-    """Stop ``peer`` (if running) and delete its directory."""
-    try:
-        peer.stop()
-    finally:
-        shutil.rmtree(peer.workdir, ignore_errors=True)
+    """Stop ``peer`` (if running). Its directory stays until the whole bench ends (see
+    ``bench.__main__``): deleting thousands of files just before the next peer starts makes
+    that peer pay for it (ext4 scans past recently freed inodes when it allocates new ones)."""
+    peer.stop()
 
 
 _LOOP_LINE = "sink event loop:"  # the sink's first stderr line, read by SinkPeer.loop_class
