@@ -164,6 +164,31 @@ def test_silent_client_times_out_with_421(make_server: Callable[..., Server]) ->
     assert srv.stop() == 0
 
 
+def test_the_timeout_runs_from_each_command_and_data_has_its_own(
+        make_server: Callable[..., Server]) -> None:
+    # Commands are answered as they arrive, without waking the session; each one still
+    # restarts the clock, and after DATA the client has data_timeout, not command_timeout.
+    srv = make_server("[limits]\ncommand_timeout = 1\ndata_timeout = 3\n")
+    srv.add_user(ALICE)
+    srv.start()
+    with srv.raw() as client:  # greeted
+        started = time.monotonic()
+        for line, code in (("EHLO slow.example.org", 250), ("MAIL FROM:<slow@example.org>", 250),
+                           (f"RCPT TO:<{ALICE}>", 250), ("DATA", 354)):
+            time.sleep(0.6)
+            assert client.cmd(line)[0] == code, line
+        time.sleep(1.8)  # past command_timeout, within data_timeout
+        client.send(b"Subject: slow but steady\r\n\r\nok\r\n.\r\n")
+        assert client.reply()[0] == 250
+        assert time.monotonic() - started > 3  # longer than command_timeout, all told
+        time.sleep(0.6)
+        assert client.cmd("NOOP")[0] == 250
+        code, text = client.reply()  # then silence: command_timeout again
+        assert (code, text.split()[0]) == (421, "4.4.2"), text
+    assert len(srv.events("queued")) == 1
+    assert srv.stop() == 0
+
+
 def test_serve_without_listeners_still_starts_and_stops(
         make_server: Callable[..., Server]) -> None:
     srv = make_server()

@@ -83,3 +83,48 @@ def test_eof_ends_a_wait() -> None:
         assert stream.at_eof
 
     asyncio.run(_connected(body))
+
+
+def test_an_answer_callback_can_take_input_and_wait_on() -> None:
+    got: list[bytes] = []
+
+    async def body(stream: Stream, client: asyncio.StreamWriter) -> None:
+        stream.attach(got.append)
+        calls: list[int] = []
+
+        def answer() -> bool:  # the first input is handled here, the second ends the wait
+            calls.append(len(got))
+            if len(calls) == 1:
+                stream.extend(0.6)
+                return False
+            return True
+
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, client.write, b"one")
+        loop.call_later(0.5, client.write, b"two")  # past the first timeout, not the new
+        started = time.monotonic()
+        assert await stream.wait_data(0.3, answer) is True
+        assert time.monotonic() - started >= 0.45
+        assert calls == [1, 2] and got == [b"one", b"two"]
+        # After the wait the callback is not called again.
+        client.write(b"three")
+        assert await stream.wait_data(5) is True
+        assert calls == [1, 2]
+
+    asyncio.run(_connected(body))
+
+
+def test_a_wait_extended_by_its_callback_still_times_out() -> None:
+    async def body(stream: Stream, client: asyncio.StreamWriter) -> None:
+        stream.attach(lambda data: None)
+
+        def answer() -> bool:
+            stream.extend(0.3)
+            return False
+
+        asyncio.get_running_loop().call_later(0.1, client.write, b"x")
+        started = time.monotonic()
+        assert await stream.wait_data(0.2, answer) is False
+        assert time.monotonic() - started >= 0.35  # 0.1 s, then the extended 0.3 s
+
+    asyncio.run(_connected(body))

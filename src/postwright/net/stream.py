@@ -25,6 +25,7 @@ class Stream(asyncio.Protocol):
         self.idle = True  # no mail transaction under way (set by the session)
         self.pending = 0  # bytes handed to the sink that the session has not processed
         self._waiter: asyncio.Future[bool] | None = None
+        self._answer: Callable[[], bool] | None = None  # see wait_data
         self._eof = False
         self._paused = False
         # Kept: asyncio.get_running_loop() checks the process id on every call, and a
@@ -58,7 +59,9 @@ class Stream(asyncio.Protocol):
         if self.pending > _HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
-        self._wake()
+        w = self._waiter
+        if w is not None and not w.done() and (self._answer is None or self._answer()):
+            w.set_result(True)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -92,8 +95,13 @@ class Stream(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
-    async def wait_data(self, timeout: float) -> bool:
+    async def wait_data(self, timeout: float,
+                        answer: Callable[[], bool] | None = None) -> bool:
         """Wait for more input or EOF; False on timeout.
+
+        ``answer``, if given, is called from ``data_received`` when input comes during the
+        wait: it may handle the input right there (and call :meth:`extend` to wait on) and
+        returns True to end the wait.
 
         A bare future rather than ``asyncio.wait_for``, and no new timer per wait: a session
         waits once per command, so the connection keeps one timer that is left running
@@ -106,16 +114,22 @@ class Stream(asyncio.Protocol):
         loop = self._loop
         waiter: asyncio.Future[bool] = loop.create_future()
         self._waiter = waiter
+        self._answer = answer
         if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        self._deadline = deadline = loop.time() + timeout
-        if self._timer is None or deadline < self._timer_at:
-            self._arm(deadline)
+        self.extend(timeout)
         try:
             return await waiter
         finally:
             self._waiter = None
+            self._answer = None
+
+    def extend(self, timeout: float) -> None:
+        """The current wait now ends ``timeout`` seconds from now."""
+        self._deadline = deadline = self._loop.time() + timeout
+        if self._timer is None or deadline < self._timer_at:
+            self._arm(deadline)
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:

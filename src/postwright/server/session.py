@@ -132,6 +132,8 @@ class InboundSession:
         self.body: BodyWriter | None = None
         self.account: str | None = None
         self.auth: Authenticator | None = None
+        self._held: Event | Sentinel | None = None  # taken by _answer_now, left for the task
+        self._failure: Exception | None = None  # raised by _answer_now, for the task to raise
         stream.attach(self.conn.receive_data)
 
     # ---- main loop ---------------------------------------------------------------------
@@ -152,26 +154,31 @@ class InboundSession:
                 await asyncio.sleep(self.services.greeting_delay)
             self.send(Reply(220, None, f"{self.services.hostname} ESMTP postwright"))
             while not conn.must_close:
-                ev = conn.next_event()
+                ev = self._held
+                if ev is None:
+                    ev = conn.next_event()
+                else:
+                    self._held = None
                 if ev is NEED_DATA:
                     self.flush()
                     if self.stream.at_eof:
                         conn.receive_eof()
                         continue
-                    timeout = (self.services.data_timeout if conn.in_data
-                               else self.services.command_timeout)
                     self.stream.idle = not conn.in_transaction
-                    if not await self.stream.wait_data(timeout):
+                    if not await self.stream.wait_data(self._timeout(), self._answer_now):
                         log.info("timeout", extra={"event": "timeout", "client": self.client})
                         self.send(Reply(421, "4.4.2", "Timeout, closing connection"))
                         break
+                    if self._failure is not None:
+                        raise self._failure
                     self.stream.idle = False
                     continue
                 if isinstance(ev, Sentinel):
                     break  # nothing more can happen on this connection
                 if isinstance(ev, ConnectionClosed):
                     break
-                await self.handle(ev)
+                if not self.handle_now(ev):
+                    await self.handle(ev)
                 self.stream.consumed(conn.buffered)
         except asyncio.CancelledError:
             if not conn.must_close:
@@ -190,14 +197,52 @@ class InboundSession:
     def flush(self) -> None:
         self.stream.write(self.conn.data_to_send())
 
+    def _timeout(self) -> float:
+        """How long the client may take to send more."""
+        return (self.services.data_timeout if self.conn.in_data
+                else self.services.command_timeout)
+
+    def _answer_now(self) -> bool:
+        """Input came while the session waits for it (the stream calls this from its
+        ``data_received``): answer here what needs no waiting, and keep the session asleep
+        while that is all there is. True wakes it, for an event it must handle itself (end of
+        data, AUTH, STARTTLS, end of input) or for an error to raise there.
+
+        A transaction of MAIL, RCPT, DATA and the message's lines thus costs the session task
+        one wake-up (for the end of data) rather than one per command, and each reply leaves
+        in the same loop turn its command arrived in.
+        """
+        conn = self.conn
+        stream = self.stream
+        try:
+            while not conn.must_close:
+                ev = conn.next_event()
+                if ev is NEED_DATA:
+                    self.flush()
+                    stream.consumed(conn.buffered)
+                    if stream.at_eof:
+                        return True
+                    stream.idle = not conn.in_transaction
+                    stream.extend(self._timeout())
+                    return False
+                if isinstance(ev, (Sentinel, ConnectionClosed)) or not self.handle_now(ev):
+                    self._held = ev
+                    return True
+                stream.consumed(conn.buffered)
+        except Exception as exc:  # raised in the session task, as if it had been there
+            self._failure = exc
+        self.flush()
+        return True
+
     # ---- event handlers ----------------------------------------------------------------
-    async def handle(self, ev: Event) -> None:
+    def handle_now(self, ev: Event) -> bool:
+        """Handle an event that needs no waiting; False (nothing done) for the others."""
         if isinstance(ev, MessageData):
             if self.body is None:
                 self.body = self.services.queue.new_body()
             self.body.write(ev.data)
         elif isinstance(ev, EndOfMessage):
-            await self.end_of_message(ev)
+            return False
         elif isinstance(ev, EndOfChunk):
             self.send(Reply(250, "2.0.0", f"{ev.size} octets received"))
         elif isinstance(ev, BadCommand):
@@ -213,14 +258,24 @@ class InboundSession:
             self.mail(ev)
         elif isinstance(ev, Rcpt):
             self.rcpt(ev)
+        elif isinstance(ev, Command) and not isinstance(ev, Auth) and ev.verb != "STARTTLS":
+            self.simple(ev)
+        else:
+            return False
+        return True
+
+    async def handle(self, ev: Event) -> None:
+        """Handle an event that :meth:`handle_now` left: these wait for something."""
+        if isinstance(ev, EndOfMessage):
+            await self.end_of_message(ev)
         elif isinstance(ev, Auth):
             await self.auth_start(ev)
         elif isinstance(ev, AuthResponse):
             await self.auth_step(ev)
-        elif isinstance(ev, Command):
-            await self.simple(ev)
+        elif isinstance(ev, Command) and ev.verb == "STARTTLS":
+            await self.starttls()
 
-    async def simple(self, ev: Command) -> None:
+    def simple(self, ev: Command) -> None:
         verb = ev.verb
         if verb == "DATA":
             self.send(_GO_AHEAD)
@@ -237,8 +292,6 @@ class InboundSession:
             self.send(Reply(502, "5.5.1", "EXPN not available"))
         elif verb == "HELP":
             self.send(Reply(214, "2.0.0", "See RFC 5321; postwright"))
-        elif verb == "STARTTLS":
-            await self.starttls()
 
     def mail(self, ev: Mail) -> None:
         path = ev.path
