@@ -128,8 +128,6 @@ def test_decision_agrees_with_routing() -> None:
         assert accepted == (ROUTER.resolve(mailbox).kind != "remote"), text
 
 
-@pytest.mark.xfail(strict=True, reason="protocol.address uses the IDNA 2003 codec, which maps "
-                   "ß to ss; IDNA 2008 keeps them apart (xn--strae-oqa)")
 def test_sharp_s_domain_is_not_its_ss_spelling() -> None:
     router = Router(local_domains=["strasse.test"], aliases={}, account_exists=lambda a: True)
     assert relay_check(rcpt("<bob@straße.test>"), router=router, may_relay=False) == \

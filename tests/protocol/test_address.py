@@ -349,6 +349,15 @@ def test_u_label_that_idna_cannot_encode_is_refused() -> None:
         parse_mailbox("u@a\u05d0.test", smtputf8=True)  # mixed direction: bidi rule
 
 
+def test_u_labels_follow_idna_2008() -> None:
+    # IDNA 2008 (RFC 5891, UTS #46 non-transitional): "ß" and final sigma are themselves,
+    # not "ss" and sigma as under IDNA 2003; symbols such as a snowman are not valid at all.
+    assert Domain("straße.test", False).ascii() == "xn--strae-oqa.test"
+    assert Domain("σοφός.test", False).ascii() != Domain("σοφόσ.test", False).ascii()
+    with pytest.raises(AddressError, match="IDNA"):
+        parse_mailbox("u@\u2603.test", smtputf8=True)
+
+
 def test_u_label_length_counts_octets() -> None:
     with pytest.raises(AddressError, match="label too long"):
         parse_mailbox("u@" + "ü" * 32 + ".test", smtputf8=True)

@@ -22,6 +22,8 @@ import re
 from collections.abc import Sequence
 from typing import Protocol
 
+import idna
+
 from .dmarc import DmarcResult
 from .spf import SpfResult
 
@@ -69,8 +71,8 @@ def _domain(name: str) -> str:
     name = name.rstrip(".")
     if not name.isascii():
         try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError:
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except (UnicodeError, idna.IDNAError):
             pass
     return _value(name.lower())
 

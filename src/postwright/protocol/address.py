@@ -19,6 +19,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import NoReturn
 
+import idna
+
 MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
 MAX_LABEL = 63
@@ -216,8 +218,10 @@ def _label_to_ascii(label: str) -> str:
     if label.isascii():
         return label.lower()
     try:
-        encoded = label.encode("idna").decode("ascii").lower()
-    except UnicodeError as exc:
+        # IDNA 2008 (RFC 5891) with the UTS #46 mapping, non-transitional: "ß" stays itself
+        # (xn--strae-oqa), where Python's own IDNA 2003 codec would turn it into "ss".
+        encoded = idna.encode(label, uts46=True).decode("ascii").lower()
+    except (UnicodeError, idna.IDNAError) as exc:
         raise AddressError("domain not convertible to IDNA") from exc
     # The codec may map characters (e.g. full stops) into something that is not one label.
     if not _is_ldh_label(encoded):
