@@ -62,21 +62,8 @@ def received_header(*, helo: str, client_address: str, client_name: str | None, 
     when the message has exactly one recipient (the ``for`` clause would otherwise leak the
     other recipients). ``tls`` is a short description such as "TLSv1.3 TLS_AES_256_GCM_SHA384".
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol for Received: {protocol!r}")
-    utf8 = protocol.startswith("UTF8")
-    literal = _address_literal(client_address)
-    helo_clean = _token(helo, utf8=utf8, limit=_NAME_LIMIT)
-    name_clean = _token(client_name or "", utf8=utf8, limit=_NAME_LIMIT)
-
-    tcp_info = " ".join(part for part in (name_clean, literal) if part)
-    from_part = helo_clean or literal or "unknown"
-    first = f"Received: from {from_part}"
-    if tcp_info and tcp_info != from_part:
-        first += f" ({tcp_info})"
-
-    by_host = _token(hostname, utf8=utf8, limit=_NAME_LIMIT) or "localhost"
-    lines = [first, f"\tby {by_host} (postwright) with {protocol}"]
+    first, by_line, utf8 = _from_and_by(helo, client_address, client_name, hostname, protocol)
+    lines = [first, by_line]
     qid = _token(queue_id, utf8=False, limit=64)
     if qid:
         lines[-1] += f" id {qid}"
@@ -92,10 +79,35 @@ def received_header(*, helo: str, client_address: str, client_name: str | None, 
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
+# Most messages come from a few clients: the "from" and "by" parts are made once for each.
+@functools.lru_cache(maxsize=1024)
+def _from_and_by(helo: str, client_address: str, client_name: str | None, hostname: str,
+                 protocol: str) -> tuple[str, str, bool]:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol for Received: {protocol!r}")
+    utf8 = protocol.startswith("UTF8")
+    literal = _address_literal(client_address)
+    helo_clean = _token(helo, utf8=utf8, limit=_NAME_LIMIT)
+    name_clean = _token(client_name or "", utf8=utf8, limit=_NAME_LIMIT)
+
+    tcp_info = " ".join(part for part in (name_clean, literal) if part)
+    from_part = helo_clean or literal or "unknown"
+    first = f"Received: from {from_part}"
+    if tcp_info and tcp_info != from_part:
+        first += f" ({tcp_info})"
+    by_host = _token(hostname, utf8=utf8, limit=_NAME_LIMIT) or "localhost"
+    return first, f"\tby {by_host} (postwright) with {protocol}", utf8
+
+
 def _date(when: float) -> str:
     """RFC 5322 date-time in UTC with a numeric "+0000" zone (English names, whatever the
     locale)."""
-    t = time.gmtime(when)
+    return _date_of(int(when // 1))
+
+
+@functools.lru_cache(maxsize=4)  # messages arrive in the same few seconds
+def _date_of(second: int) -> str:
+    t = time.gmtime(second)
     return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
             f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000")
 
