@@ -9,6 +9,7 @@ Anything unexpected during delivery is temporary (4xx), never a silent loss.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections.abc import Callable
@@ -49,6 +50,14 @@ class DeliveryManager:
         self._slots = asyncio.Semaphore(concurrency)  # remote sessions at once
         self._destinations: dict[str, asyncio.Semaphore] = {}
         self._inflight: set[tuple[str, int]] = set()
+        self._busy: dict[str, int] = {}  # per message, its recipients in _inflight
+        # When each message not being delivered is due next, as a heap with lazy deletion:
+        # an entry counts only while it matches _scheduled. A pass takes what is due from
+        # its top instead of scanning the queue, so its cost follows the work there is, not
+        # the size of the queue (a backlog of thousands waiting for a slow destination).
+        self._heap: list[tuple[float, str]] = []
+        self._scheduled: dict[str, float] = {}
+        self._rescan = True  # look through the whole queue at the next pass
         self._remote_tasks: set[asyncio.Task[None]] = set()
         self._local_slots = asyncio.Semaphore(2)  # local batches at once
         self._local_tasks: set[asyncio.Task[None]] = set()
@@ -56,7 +65,59 @@ class DeliveryManager:
         self._stopping = False
 
     def wake(self, qid: str | None = None) -> None:
+        """``qid`` was queued and is due now; without one, anything in the queue may have
+        changed (the control socket held, released or flushed messages)."""
+        if qid is None:
+            self._rescan = True
+        else:
+            self._schedule(qid, 0.0)
         self._wake.set()
+
+    # ---- the schedule ----------------------------------------------------------------
+    def _schedule(self, qid: str, when: float) -> None:
+        current = self._scheduled.get(qid)
+        if current is None or when < current:
+            self._scheduled[qid] = when
+            heapq.heappush(self._heap, (when, qid))
+
+    def _reschedule(self, qid: str) -> None:
+        """Put ``qid`` back in the schedule at its next attempt, as the queue has it now;
+        one with recipients still being delivered comes back when they are done."""
+        if qid not in self._busy:
+            when = self.queue.next_attempt(qid)
+            if when is not None:
+                self._schedule(qid, when)
+
+    def _scan(self) -> None:
+        """Rebuild the schedule from the whole queue (at start, and after a wake without
+        a message id)."""
+        self._scheduled = {qid: when for qid, when in self.queue.next_attempts()
+                           if qid not in self._busy}
+        self._heap = [(when, qid) for qid, when in self._scheduled.items()]
+        heapq.heapify(self._heap)
+
+    def _take_due(self, now: float, limit: int) -> list[str]:
+        heap = self._heap
+        out: list[str] = []
+        while heap and len(out) < limit and heap[0][0] <= now:
+            when, qid = heapq.heappop(heap)
+            if self._scheduled.get(qid) == when:  # else a stale entry
+                del self._scheduled[qid]
+                out.append(qid)
+        return out
+
+    def _claim(self, qid: str, indices: list[int]) -> None:
+        self._inflight.update((qid, i) for i in indices)
+        self._busy[qid] = self._busy.get(qid, 0) + len(indices)
+
+    def _release(self, qid: str, indices: list[int]) -> None:
+        self._inflight.difference_update((qid, i) for i in indices)
+        left = self._busy.get(qid, 0) - len(indices)
+        if left > 0:
+            self._busy[qid] = left
+        else:
+            self._busy.pop(qid, None)
+            self._reschedule(qid)
 
     async def run(self) -> None:
         """Deliver due messages in batches until stopped.
@@ -70,15 +131,19 @@ class DeliveryManager:
         while not self._stopping:
             self._wake.clear()
             now = self.clock()
-            started = 0
+            if self._rescan:
+                self._rescan = False
+                self._scan()
+            qids = self._take_due(now, self.batch_size)
             try:
-                started = await self.deliver_batch(self.queue.due(now), wait=False)
+                await self.deliver_batch(qids, wait=False)
             except Exception:
                 log.exception("delivery batch crashed", extra={"event": "error"})
+                self._rescan = True  # what it took is found again
                 await asyncio.sleep(1.0)
-            if started:
-                continue
-            next_due = self.queue.next_due_time()
+            if qids:
+                continue  # more may be due
+            next_due = self._heap[0][0] if self._heap else None
             delay = 60.0 if next_due is None else max(0.05, min(60.0, next_due - now))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
@@ -113,14 +178,15 @@ class DeliveryManager:
         remote: dict[str, list[Job]] = {}
         taken = 0
         size = 0
-        for qid in qids:
+        for pos, qid in enumerate(qids):
             if taken >= self.batch_size or size >= _BATCH_BYTES:
+                for rest in qids[pos:]:  # still due: the next batch takes them
+                    self._schedule(rest, now)
                 break
-            # Most due messages seen while batches run are in one of them: skip those before
-            # taking a snapshot.
             due = [i for i in self.queue.due_recipients(qid, now)
                    if (qid, i) not in self._inflight]
             if not due:
+                self._reschedule(qid)  # not due yet after all
                 continue
             msg = self.queue.get(qid)
             taken += 1
@@ -142,7 +208,7 @@ class DeliveryManager:
         if local:
             await self._local_slots.acquire()
             for msg, mine in local:
-                self._inflight.update((msg.id, i) for i in mine)
+                self._claim(msg.id, mine)
             batch = self._local_batch(local)
             if wait:
                 await batch
@@ -164,13 +230,13 @@ class DeliveryManager:
             await asyncio.sleep(1.0)
         finally:
             for msg, mine in local:
-                self._inflight.difference_update((msg.id, i) for i in mine)
+                self._release(msg.id, mine)
             self._local_slots.release()
             self._wake.set()
 
     def _start_remote(self, domain: str, jobs: list[Job]) -> None:
         for job in jobs:
-            self._inflight.update((job.msg.id, i) for i in job.indices)
+            self._claim(job.msg.id, job.indices)
         task = asyncio.get_running_loop().create_task(self._remote_domain(domain, jobs))
         self._remote_tasks.add(task)
         task.add_done_callback(self._remote_tasks.discard)
@@ -202,7 +268,7 @@ class DeliveryManager:
                                         now)
             finally:
                 for job in jobs:
-                    self._inflight.difference_update((job.msg.id, i) for i in job.indices)
+                    self._release(job.msg.id, job.indices)
                 self._wake.set()
 
     async def _record_many(self, batch: list[tuple[QueuedMessage, dict[int, RecipientResult]]],
@@ -233,15 +299,19 @@ class DeliveryManager:
         delayed = self._crossed_delay_warning(msg, results, now)
         if delayed:
             try:
-                await bounce(self.queue, msg, delayed, hostname=self.hostname, now=now,
-                             action="delayed",
-                             retry_until=msg.arrived + self.schedule.lifetime)
+                notice = await bounce(self.queue, msg, delayed, hostname=self.hostname,
+                                      now=now, action="delayed",
+                                      retry_until=msg.arrived + self.schedule.lifetime)
+                if notice is not None:
+                    self._schedule(notice, 0.0)
             except Exception:
                 log.exception("delay warning failed", extra={"event": "error", "id": msg.id})
         failed = {i: r for i, r in results.items() if r.status == "failed"}
         if failed:
             try:
-                await bounce(self.queue, msg, failed, hostname=self.hostname, now=now)
+                notice = await bounce(self.queue, msg, failed, hostname=self.hostname, now=now)
+                if notice is not None:
+                    self._schedule(notice, 0.0)
             except Exception:
                 # No bounce, no verdict: keep the recipients deferred and try again later.
                 log.exception("bounce failed", extra={"event": "error", "id": msg.id})

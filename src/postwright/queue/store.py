@@ -260,17 +260,32 @@ class QueueStore:
         """The file holding the body when it has one of its own (large bodies), else None."""
         return self._bodies / qid if self._entry(qid).body_file else None
 
+    def next_attempt(self, qid: str) -> float | None:
+        """When ``qid`` is next due: the earliest next attempt among its recipients that are
+        pending or deferred; None if it is held, unknown or has none."""
+        entry = self._index.entries.get(qid)
+        if entry is None or entry.msg.held:
+            return None
+        return min((r.next_attempt for r in entry.msg.recipients if r.status not in FINAL),
+                   default=None)
+
+    def next_attempts(self) -> list[tuple[str, float]]:
+        """(id, :meth:`next_attempt`) of every message that will be due some time: one pass
+        over the whole queue."""
+        out = []
+        for qid in self._index.entries:
+            when = self.next_attempt(qid)
+            if when is not None:
+                out.append((qid, when))
+        return out
+
     def due(self, now: float) -> list[str]:
         """Messages not held with some recipient pending or deferred and due by ``now``."""
-        return sorted(qid for qid, e in self._index.entries.items()
-                      if not e.msg.held and any(r.status not in FINAL and r.next_attempt <= now
-                                                for r in e.msg.recipients))
+        return sorted(qid for qid, when in self.next_attempts() if when <= now)
 
     def next_due_time(self) -> float | None:
         """Earliest next attempt among messages that are not held, or None."""
-        times = [r.next_attempt for e in self._index.entries.values() if not e.msg.held
-                 for r in e.msg.recipients if r.status not in FINAL]
-        return min(times, default=None)
+        return min((when for _qid, when in self.next_attempts()), default=None)
 
     # ---- bodies and commits -----------------------------------------------------------
     def new_body(self) -> BodyWriter:
