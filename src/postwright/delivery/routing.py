@@ -16,6 +16,7 @@ postmaster at the first local domain.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -64,6 +65,7 @@ def mailbox_key(address: str, *, delimiter: str = "+") -> tuple[str, str]:
     return base_local_part(mailbox.local_part.lower(), delimiter), mailbox.domain.ascii()
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every message delivered; few distinct names
 def _domain_ascii(text: str) -> str:
     """A domain given as text (U-label or A-label, any case) as a lower-case A-label."""
     domain = parse_domain(text.strip(), smtputf8=True)
