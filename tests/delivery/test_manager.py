@@ -155,14 +155,16 @@ def test_delay_warning_is_sent_once(tmp_path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _running(manager: DeliveryManager) -> AsyncIterator[None]:
-    """The manager's run loop, as the server runs it, for the length of the block."""
+async def _running(queue: QueueStore, manager: DeliveryManager) -> AsyncIterator[None]:
+    """The manager's run loop, as the server runs it, for the length of the block; then the
+    queue is closed."""
     task = asyncio.create_task(manager.run())
     try:
         yield
     finally:
         await manager.stop()
         await task
+        await queue.aclose()
 
 
 async def _until(condition: object, timeout: float = 10.0) -> None:
@@ -177,11 +179,10 @@ def test_the_run_loop_delivers_what_is_queued_while_it_runs(tmp_path: Path) -> N
     async def run() -> None:
         queue, manager = setup(tmp_path)
         manager.batch_size = 3
-        async with _running(manager):
+        async with _running(queue, manager):
             for _ in range(10):
                 manager.wake(await put(queue, "s@remote.test", "alice@example.test"))
             await _until(lambda: not queue.ids())
-        await queue.aclose()
 
     asyncio.run(run())
     assert len(inbox(tmp_path, "alice")) == 10
@@ -194,7 +195,7 @@ def test_the_run_loop_retries_a_deferred_recipient_when_it_is_due(tmp_path: Path
         loop = asyncio.get_running_loop()
         started = loop.time()
         manager.clock = lambda: 1000.0 + loop.time() - started  # real time, from arrival
-        async with _running(manager):
+        async with _running(queue, manager):
             qid = await put(queue, "alice@example.test", "someone@remote.test")
             manager.wake(qid)
             await _until(lambda: queue.get(qid).recipients[0].attempts == 1)
@@ -202,7 +203,6 @@ def test_the_run_loop_retries_a_deferred_recipient_when_it_is_due(tmp_path: Path
             # Nobody wakes the manager: its schedule alone brings the retry, once it is due.
             await _until(lambda: queue.get(qid).recipients[0].attempts == 2)
             assert manager.clock() >= first
-        await queue.aclose()
 
     asyncio.run(run())
 
@@ -210,7 +210,7 @@ def test_the_run_loop_retries_a_deferred_recipient_when_it_is_due(tmp_path: Path
 def test_a_wake_without_an_id_finds_a_released_message(tmp_path: Path) -> None:
     async def run() -> None:
         queue, manager = setup(tmp_path)
-        async with _running(manager):
+        async with _running(queue, manager):
             qid = await put(queue, "s@remote.test", "alice@example.test")
             await queue.hold(qid)
             manager.wake(qid)  # held: off the schedule, not delivered
@@ -219,7 +219,6 @@ def test_a_wake_without_an_id_finds_a_released_message(tmp_path: Path) -> None:
             await queue.release(qid)
             manager.wake()  # what the control socket does after a release
             await _until(lambda: not queue.ids())
-        await queue.aclose()
 
     asyncio.run(run())
     assert len(inbox(tmp_path, "alice")) == 1
@@ -229,10 +228,9 @@ def test_the_run_loop_delivers_the_bounce_it_queues(tmp_path: Path) -> None:
     async def run() -> None:
         queue, manager = setup(tmp_path, lifetime=1)
         manager.clock = lambda: 5000.0  # past the lifetime: the remote recipient fails
-        async with _running(manager):
+        async with _running(queue, manager):
             manager.wake(await put(queue, "alice@example.test", "someone@remote.test"))
             await _until(lambda: len(inbox(tmp_path, "alice")) == 1 and not queue.ids())
-        await queue.aclose()
 
     asyncio.run(run())
     assert b"someone@remote.test" in inbox(tmp_path, "alice")[0].read_bytes()
@@ -247,9 +245,8 @@ def test_messages_past_a_full_batch_wait_for_the_next_one(tmp_path: Path) -> Non
         queue, manager = setup(tmp_path)
         for _ in range(4):
             await put(queue, "s@remote.test", "alice@example.test", body=big)
-        async with _running(manager):  # its first look at the queue finds all four
+        async with _running(queue, manager):  # its first look at the queue finds all four
             await _until(lambda: not queue.ids())
-        await queue.aclose()
 
     asyncio.run(run())
     assert len(inbox(tmp_path, "alice")) == 4

@@ -49,8 +49,7 @@ class DeliveryManager:
         self.batch_size = batch_size
         self._slots = asyncio.Semaphore(concurrency)  # remote sessions at once
         self._destinations: dict[str, asyncio.Semaphore] = {}
-        self._inflight: set[tuple[str, int]] = set()
-        self._busy: dict[str, int] = {}  # per message, its recipients in _inflight
+        self._inflight: dict[str, set[int]] = {}  # per message, its recipients in delivery
         # When each message not being delivered is due next, as a heap with lazy deletion:
         # an entry counts only while it matches _scheduled. A pass takes what is due from
         # its top instead of scanning the queue, so its cost follows the work there is, not
@@ -83,7 +82,7 @@ class DeliveryManager:
     def _reschedule(self, qid: str) -> None:
         """Put ``qid`` back in the schedule at its next attempt, as the queue has it now;
         one with recipients still being delivered comes back when they are done."""
-        if qid not in self._busy:
+        if qid not in self._inflight:
             when = self.queue.next_attempt(qid)
             if when is not None:
                 self._schedule(qid, when)
@@ -92,7 +91,7 @@ class DeliveryManager:
         """Rebuild the schedule from the whole queue (at start, and after a wake without
         a message id)."""
         self._scheduled = {qid: when for qid, when in self.queue.next_attempts()
-                           if qid not in self._busy}
+                           if qid not in self._inflight}
         self._heap = [(when, qid) for qid, when in self._scheduled.items()]
         heapq.heapify(self._heap)
 
@@ -107,16 +106,13 @@ class DeliveryManager:
         return out
 
     def _claim(self, qid: str, indices: list[int]) -> None:
-        self._inflight.update((qid, i) for i in indices)
-        self._busy[qid] = self._busy.get(qid, 0) + len(indices)
+        self._inflight.setdefault(qid, set()).update(indices)
 
     def _release(self, qid: str, indices: list[int]) -> None:
-        self._inflight.difference_update((qid, i) for i in indices)
-        left = self._busy.get(qid, 0) - len(indices)
-        if left > 0:
-            self._busy[qid] = left
-        else:
-            self._busy.pop(qid, None)
+        left = self._inflight.get(qid, set())
+        left.difference_update(indices)
+        if not left:
+            self._inflight.pop(qid, None)
             self._reschedule(qid)
 
     async def run(self) -> None:
@@ -183,8 +179,8 @@ class DeliveryManager:
                 for rest in qids[pos:]:  # still due: the next batch takes them
                     self._schedule(rest, now)
                 break
-            due = [i for i in self.queue.due_recipients(qid, now)
-                   if (qid, i) not in self._inflight]
+            busy = self._inflight.get(qid, ())
+            due = [i for i in self.queue.due_recipients(qid, now) if i not in busy]
             if not due:
                 self._reschedule(qid)  # not due yet after all
                 continue
