@@ -33,15 +33,15 @@ def write_all(fd: int, bufs: Sequence[bytes | bytearray | memoryview]) -> int:
     return total
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path | str) -> None:
     _fsync(path, getattr(os, "O_DIRECTORY", 0))
 
 
-def fsync_file(path: Path) -> None:
+def fsync_file(path: Path | str) -> None:
     _fsync(path, 0)
 
 
-def _fsync(path: Path, flags: int) -> None:
+def _fsync(path: Path | str, flags: int) -> None:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | flags)
     try:
         os.fsync(fd)

@@ -49,10 +49,10 @@ def test_a_body_shared_by_many_recipients_crosses_the_pipe_once() -> None:
 
 
 def test_reply_round_trip_maps_error_kinds() -> None:
-    results: list[Path | Exception] = [Path("/m/new/1,S=3"), MaildirNameError("bad ../x"),
+    results: list[str | Exception] = ["/m/new/1,S=3", MaildirNameError("bad ../x"),
                                        OSError(28, "No space left on device")]
     out = decode_reply(encode_reply(results)[4:], 3)
-    assert out[0] == Path("/m/new/1,S=3")
+    assert out[0] == "/m/new/1,S=3"
     assert isinstance(out[1], MaildirNameError) and "bad ../x" in str(out[1])
     assert isinstance(out[2], AgentError) and "No space left" in str(out[2])
 
@@ -75,7 +75,7 @@ def test_child_delivers_a_batch_with_small_and_file_bodies(tmp_path: Path) -> No
     big = tmp_path / "body"
     big.write_bytes(b"Subject: big\r\n\r\n" + b"x" * 70 + b"\r\n" * 1 + b"y\r\n" * 200_000)
 
-    async def run() -> list[Path | Exception]:
+    async def run() -> list[str | Exception]:
         agent = MaildirAgent(tmp_path / "mail", hostname="mx.example.test")
         try:
             return await agent.deliver_batch([
@@ -87,14 +87,14 @@ def test_child_delivers_a_batch_with_small_and_file_bodies(tmp_path: Path) -> No
     results = asyncio.run(run())
     root = tmp_path / "mail"
     [alice] = new_files(root, "alice")
-    assert results[0] == alice
+    assert results[0] == str(alice)
     text = alice.read_bytes()
     assert text.startswith(b"Return-Path: <s@remote.test>\nDelivered-To: alice@example.test\n"
                            b"Received: by mx.example.test\n")
     assert text.endswith(b"line one\nline two\n") and b"\r" not in text
     [bob] = new_files(root, "bob")
     assert bob.read_bytes().count(b"y\n") == 200_000
-    assert new_files(root, "carol", ".Junk") == [results[2]]
+    assert new_files(root, "carol", ".Junk") == [Path(str(results[2]))]
     assert isinstance(results[3], MaildirNameError)
 
 
@@ -106,7 +106,7 @@ def test_a_child_that_dies_mid_batch_fails_that_batch_and_is_restarted(tmp_path:
         agent = MaildirAgent(tmp_path / "mail", hostname="mx.example.test")
         try:
             first = await agent.deliver_batch([item()])
-            assert isinstance(first[0], Path)
+            assert isinstance(first[0], str)
             pid = agent.pid
             assert pid is not None
             stuck = asyncio.create_task(agent.deliver_batch(
@@ -117,11 +117,11 @@ def test_a_child_that_dies_mid_batch_fails_that_batch_and_is_restarted(tmp_path:
             failed = await stuck
             assert len(failed) == 2 and all(isinstance(r, AgentError) for r in failed)
             again = await agent.deliver_batch([item("carol@example.test")])
-            assert isinstance(again[0], Path)
+            assert isinstance(again[0], str)
             assert agent.started == 2 and agent.pid != pid
             os.kill(agent.pid or 0, signal.SIGKILL)  # dead between batches: restarted quietly
             await asyncio.sleep(0.2)
-            assert isinstance((await agent.deliver_batch([item("dave@example.test")]))[0], Path)
+            assert isinstance((await agent.deliver_batch([item("dave@example.test")]))[0], str)
             assert agent.started == 3
         finally:
             await agent.close()
@@ -141,7 +141,7 @@ def test_close_ends_the_child_and_sigint_does_not(tmp_path: Path) -> None:
         assert pid is not None
         os.kill(pid, signal.SIGINT)  # a Ctrl-C for the server's terminal
         await asyncio.sleep(0.2)
-        assert isinstance((await agent.deliver_batch([item()]))[0], Path)
+        assert isinstance((await agent.deliver_batch([item()]))[0], str)
         assert agent.started == 1
         await agent.close()
         with pytest.raises(ProcessLookupError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -284,3 +285,24 @@ def test_first_delivery_clears_stale_tmp_files_and_keeps_fresh_ones(tmp_path: Pa
                   delivered_to="alice@example.test")
     assert not stale.exists() and fresh.exists()
     assert len(list((tmp.parent / "new").iterdir())) == 3
+
+
+def test_remembered_places_follow_address_and_folder(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Maildir paths are remembered per (address, folder); a full memory starts afresh, and
+    a Maildir removed after it was remembered is made again."""
+    import postwright.delivery.maildir as maildir_module
+    monkeypatch.setattr(maildir_module, "_PLACES_MEMORY", 2)
+    md = agent(tmp_path)
+    box = tmp_path / "mail" / "example.test"
+    plan = [("alice@example.test", None), ("alice@example.test", "Junk"),
+            ("Bob+tag@example.test", None)] * 2
+    for address, folder in plan:
+        md.deliver(address, [b"m\r\n"], return_path="", delivered_to=address, folder=folder)
+    assert len(files(box / "alice" / "new")) == 2
+    assert len(files(box / "alice" / ".Junk" / "new")) == 2
+    assert len(files(box / "bob" / "new")) == 2
+    assert len(md._places) <= 2
+    shutil.rmtree(box / "bob")
+    md.deliver("bob@example.test", [b"m\r\n"], return_path="", delivered_to="bob")
+    assert len(files(box / "bob" / "new")) == 1

@@ -135,10 +135,10 @@ def decode_request(payload: bytes) -> list[AgentItem]:
     return items
 
 
-def encode_reply(results: Sequence[Path | Exception]) -> bytes:
+def encode_reply(results: Sequence[str | Path | Exception]) -> bytes:
     parts = [_U32.pack(len(results))]
     for result in results:
-        if isinstance(result, Path):
+        if not isinstance(result, Exception):
             parts += (bytes([_DELIVERED]), _field(os.fsencode(result)))
         else:
             kind = _BAD_NAME if isinstance(result, MaildirNameError) else _ERROR
@@ -147,11 +147,11 @@ def encode_reply(results: Sequence[Path | Exception]) -> bytes:
     return _U32.pack(len(payload)) + payload
 
 
-def decode_reply(payload: bytes, expected: int) -> list[Path | Exception]:
+def decode_reply(payload: bytes, expected: int) -> list[str | Exception]:
     r = _Reader(payload)
     if r.u32() != expected:
         raise AgentError("agent replied for a different number of items")
-    out: list[Path | Exception] = []
+    out: list[str | Exception] = []
     for _ in range(expected):
         if r.pos >= len(r.data):
             raise AgentError("truncated agent frame")
@@ -159,7 +159,7 @@ def decode_reply(payload: bytes, expected: int) -> list[Path | Exception]:
         r.pos += 1
         value = r.field() or b""
         if kind == _DELIVERED:
-            out.append(Path(os.fsdecode(value)))
+            out.append(os.fsdecode(value))
         elif kind == _BAD_NAME:
             out.append(MaildirNameError(value.decode("utf-8", "replace")))
         else:
@@ -178,8 +178,9 @@ class MaildirAgent:
         self._lock = asyncio.Lock()
         self.started = 0  # child processes started so far (a restart shows as 2, 3, ...)
 
-    async def deliver_batch(self, items: Sequence[AgentItem]) -> list[Path | Exception]:
-        """One result per item: the file in ``new/``, or why it was not delivered."""
+    async def deliver_batch(self, items: Sequence[AgentItem]) -> list[str | Exception]:
+        """One result per item: the path of the file in ``new/``, or why it was not
+        delivered."""
         if not items:
             return []
         request = encode_request(items)
@@ -264,7 +265,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, delivery: MaildirDelivery) -> None:
             raise AgentError("input ended inside a frame")
         items = [DeliveryItem(it.address, _chunks(it), it.return_path, it.delivered_to,
                               it.folder) for it in decode_request(payload)]
-        stdout.write(encode_reply(delivery.deliver_batch(items)))
+        stdout.write(encode_reply(delivery.deliver_batch_paths(items)))
         stdout.flush()
 
 

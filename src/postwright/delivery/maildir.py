@@ -42,10 +42,12 @@ _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 _TMP_MAX_AGE = 36 * 3600  # seconds: older files in tmp/ are leftovers of a crashed writer
 _SWEEP_MEMORY = 100_000  # Maildirs remembered as swept (beyond that, no more sweeping)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _deliveries = itertools.count(1)  # the "Q" part of unique names: deliveries by this process
 _pid = [os.getpid()]  # the "P" part, looked up once (and again in a forked child)
 os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 _WRITE_RUN = 256 * 1024  # bytes gathered before a writev
+_PLACES_MEMORY = 4096  # (address, folder) -> Maildir paths remembered
 
 
 class MaildirNameError(PostwrightError, ValueError):
@@ -63,13 +65,24 @@ class DeliveryItem:
     folder: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """A Maildir's paths as text, made once per mailbox: joining Path objects for every
+    message cost more than writing its file."""
+
+    maildir: Path
+    tmp: str  # ".../tmp/"
+    new: str  # ".../new/"
+    is_folder: bool
+
+
 @dataclass(slots=True)
 class _Staged:
     index: int
-    maildir: Path
-    tmp: Path
+    place: _Place
+    tmp: str
     size: int
-    final: Path | None = None
+    final: str | None = None
 
 
 class MaildirDelivery:
@@ -79,6 +92,7 @@ class MaildirDelivery:
         self.mail_root = Path(mail_root)
         self._host = _escape_host(hostname)
         self._swept: set[Path] = set()  # Maildirs whose tmp/ this process has cleaned
+        self._places: dict[tuple[str, str | None], _Place] = {}
 
     def maildir_for(self, address: str, folder: str | None = None) -> Path:
         """The Maildir of a local address (and optional Maildir++ folder); nothing is created."""
@@ -101,6 +115,11 @@ class MaildirDelivery:
         return result
 
     def deliver_batch(self, items: Sequence[DeliveryItem]) -> list[Path | Exception]:
+        """:meth:`deliver_batch_paths` with each final path as a Path."""
+        return [r if isinstance(r, Exception) else Path(r)
+                for r in self.deliver_batch_paths(items)]
+
+    def deliver_batch_paths(self, items: Sequence[DeliveryItem]) -> list[str | Exception]:
         """Deliver several messages with as few syncs as the platform allows.
 
         All files are written into ``tmp/`` first. On Linux one ``syncfs`` then makes all of
@@ -110,7 +129,7 @@ class MaildirDelivery:
         fsync'd once. The result has one entry per item: the final path, or the exception
         that stopped that item (its files are removed).
         """
-        results: list[Path | Exception | None] = [None] * len(items)
+        results: list[str | Exception | None] = [None] * len(items)
         staged: list[_Staged] = []
         try:
             for index, item in enumerate(items):
@@ -128,9 +147,9 @@ class MaildirDelivery:
                 return [r if r is not None else RuntimeError("not delivered") for r in results]
             staged = self._each(staged, results, lambda s: _fsync_file(s.tmp))
             staged = self._each(staged, results, self._publish)
-            by_dir: dict[Path, list[_Staged]] = {}
+            by_dir: dict[str, list[_Staged]] = {}
             for s in staged:
-                by_dir.setdefault(s.maildir / "new", []).append(s)
+                by_dir.setdefault(s.place.new, []).append(s)
             for new_dir, group in by_dir.items():
                 try:
                     _fsync_dir(new_dir)
@@ -150,7 +169,7 @@ class MaildirDelivery:
                     _remove(s.final)
         return [r if r is not None else RuntimeError("not delivered") for r in results]
 
-    def _sync_all(self, staged: list[_Staged], results: list[Path | Exception | None],
+    def _sync_all(self, staged: list[_Staged], results: list[str | Exception | None],
                   published: bool = False) -> None:
         """One syncfs for the file system holding the Maildirs; on failure fail them all."""
         try:
@@ -165,7 +184,7 @@ class MaildirDelivery:
             staged.clear()
 
     @staticmethod
-    def _each(staged: list[_Staged], results: list[Path | Exception | None],
+    def _each(staged: list[_Staged], results: list[str | Exception | None],
               step: Callable[[_Staged], object]) -> list[_Staged]:
         """Run ``step`` on every staged file; drop (and clean up) the ones that fail."""
         kept = []
@@ -180,11 +199,23 @@ class MaildirDelivery:
             kept.append(s)
         return kept
 
+    def _place(self, address: str, folder: str | None) -> _Place:
+        key = (address, folder)
+        place = self._places.get(key)
+        if place is None:
+            maildir = self.maildir_for(address, folder)
+            base = os.fspath(maildir)
+            place = _Place(maildir, base + "/tmp/", base + "/new/", folder is not None)
+            if len(self._places) >= _PLACES_MEMORY:
+                self._places.clear()
+            self._places[key] = place
+        return place
+
     def _write(self, index: int, item: DeliveryItem) -> _Staged:
-        maildir = self.maildir_for(item.address, item.folder)
+        place = self._place(item.address, item.folder)
         head = (f"Return-Path: <{_envelope_value(item.return_path, strip_angles=True)}>\n"
                 f"Delivered-To: {_envelope_value(item.delivered_to)}\n").encode()
-        fd, tmp = self._create_tmp(maildir, item.folder is not None)
+        fd, tmp = self._create_tmp(place)
         try:
             # Straight to the descriptor, in runs of up to 256 KiB: a buffered file object
             # costs an fstat and an lseek per message before the first byte.
@@ -203,21 +234,21 @@ class MaildirDelivery:
             raise
         finally:
             os.close(fd)
-        return _Staged(index, maildir, tmp, size)
+        return _Staged(index, place, tmp, size)
 
-    def _create_tmp(self, maildir: Path, is_folder: bool) -> tuple[int, Path]:
+    def _create_tmp(self, place: _Place) -> tuple[int, str]:
+        maildir = place.maildir
         if maildir not in self._swept and len(self._swept) < _SWEEP_MEMORY:
             self._swept.add(maildir)
             _sweep_tmp(maildir / "tmp", time.time() - _TMP_MAX_AGE)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         for attempt in range(10):
-            tmp = maildir / "tmp" / self._unique_name()
+            tmp = place.tmp + self._unique_name()
             try:
-                return os.open(tmp, flags, _FILE_MODE), tmp
+                return os.open(tmp, _CREATE, _FILE_MODE), tmp
             except FileNotFoundError:
                 if attempt:
                     raise
-                _make_maildir(maildir, is_folder)
+                _make_maildir(maildir, place.is_folder)
             except FileExistsError:
                 continue
         raise FileExistsError(errno.EEXIST, "no unique name in tmp/", str(maildir))
@@ -225,7 +256,7 @@ class MaildirDelivery:
     def _publish(self, s: _Staged) -> None:
         """Link the tmp file into new/ under its final name (with the Maildir++ size)."""
         for _attempt in range(10):
-            final = s.maildir / "new" / f"{self._unique_name()},S={s.size}"
+            final = f"{s.place.new}{self._unique_name()},S={s.size}"
             try:
                 os.link(s.tmp, final)
             except FileExistsError:
@@ -236,7 +267,7 @@ class MaildirDelivery:
                 os.rename(s.tmp, final)  # a filesystem without hard links
             s.final = final  # the tmp/ name goes when the batch ends
             return
-        raise FileExistsError(errno.EEXIST, "no unique name in new/", str(s.maildir))
+        raise FileExistsError(errno.EEXIST, "no unique name in new/", str(s.place.maildir))
 
     def _unique_name(self) -> str:
         now = time.time()
@@ -374,7 +405,7 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
-def _remove(path: Path | None) -> None:
+def _remove(path: str | None) -> None:
     if path is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

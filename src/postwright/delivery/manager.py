@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from ..envelope import Envelope
 from ..errors import QueueError
@@ -381,9 +381,9 @@ class DeliveryManager:
                 slots.append((pos, i))
         delivered = await self.maildir.deliver_batch(items)
         for (pos, i), result in zip(slots, delivered, strict=True):
-            if isinstance(result, Path):
+            if isinstance(result, str):
                 outcome[pos][i] = RecipientResult(
-                    "delivered", f"2.0.0 delivered to maildir as {result.name}")
+                    "delivered", f"2.0.0 delivered to maildir as {os.path.basename(result)}")
             elif isinstance(result, MaildirNameError):
                 outcome[pos][i] = RecipientResult("failed", f"5.1.3 {result}")
             else:
