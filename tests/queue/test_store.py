@@ -68,6 +68,7 @@ def test_commit_and_read_back(stores: Stores, tmp_path: Path) -> None:
     assert msg.envelope == envelope("bob@example.test", "carol@example.test")
     assert [r.status for r in msg.recipients] == ["pending", "pending"]
     assert msg.recipients[0].next_attempt == 1000.0
+    assert store.read_body(small) == b"Subject: hi\r\n\r\nsmall\r\n"  # kept in memory
     assert store.due(1000.0) == [small] and store.due(1001.0) == [small, big]
     assert store.next_due_time() == 1000.0
     assert msg.to_json() == {
@@ -152,6 +153,8 @@ def test_restart_recovers_everything(stores: Stores) -> None:
     assert again.ids() == sorted(bodies)
     for qid, body in bodies.items():
         assert read(again, qid) == body
+        if again.body_path(qid) is None:  # in the journal, read from its segment
+            assert again.read_body(qid) == body
         assert again.get(qid).envelope.recipients[0].address.startswith("r")
     again.close()
 

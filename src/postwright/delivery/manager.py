@@ -316,7 +316,10 @@ class DeliveryManager:
 
     @staticmethod
     def _log_results(msg: QueuedMessage, results: dict[int, RecipientResult]) -> None:
+        info = log.isEnabledFor(logging.INFO)  # spares building the fields for every message
         for i, result in results.items():
+            if result.status != "failed" and not info:
+                continue
             fields = {"event": result.status, "id": msg.id,
                       "recipient": msg.recipients[i].recipient.address, "reply": result.reply}
             if result.status == "delivered":
@@ -364,8 +367,7 @@ class DeliveryManager:
             body: bytes | None = None
             if body_path is None:
                 try:
-                    with self.queue.open_body(msg.id) as f:
-                        body = f.read()
+                    body = self.queue.read_body(msg.id)
                 except (OSError, QueueError) as exc:
                     for i in due:
                         results[i] = RecipientResult("deferred",

@@ -219,6 +219,14 @@ class QueueStore:
         return [i for i, r in enumerate(entry.msg.recipients)
                 if r.status not in FINAL and r.next_attempt <= now]
 
+    def read_body(self, qid: str) -> bytes:
+        """The whole body at once (for a body kept in the journal: a small one)."""
+        recent = self._recent.get(qid)
+        if recent is not None:
+            return recent
+        with self.open_body(qid) as f:
+            return f.read()
+
     def open_body(self, qid: str) -> BinaryIO:
         """The body as a binary file object; safe to call from a worker thread."""
         recent = self._recent.get(qid)
@@ -511,15 +519,34 @@ class QueueStore:
     @contextlib.asynccontextmanager
     async def _exclusive(self, qid: str) -> AsyncIterator[Entry]:
         """Serialize read-modify-write of one message; yields its current entry."""
-        slot = self._slots.setdefault(qid, _Slot())
+        await self._take(qid)
+        try:
+            yield self._entry(qid)
+        finally:
+            self._give(qid)
+
+    async def _take(self, qid: str) -> None:
+        """Take the lock of one message (what :meth:`_exclusive` holds); :meth:`_give`
+        gives it back."""
+        slot = self._slots.get(qid)
+        if slot is None:
+            slot = self._slots[qid] = _Slot()
         slot.users += 1
         try:
-            async with slot.lock:
-                yield self._entry(qid)
-        finally:
-            slot.users -= 1
-            if not slot.users:
-                del self._slots[qid]
+            await slot.lock.acquire()
+        except BaseException:
+            self._leave(qid, slot)
+            raise
+
+    def _give(self, qid: str) -> None:
+        slot = self._slots[qid]
+        slot.lock.release()
+        self._leave(qid, slot)
+
+    def _leave(self, qid: str, slot: _Slot) -> None:
+        slot.users -= 1
+        if not slot.users:
+            del self._slots[qid]
 
     # ---- status changes ---------------------------------------------------------------
     async def record(self, qid: str, results: Mapping[int, RecipientResult], *,
@@ -543,23 +570,28 @@ class QueueStore:
         errors: list[QueueError | None] = [None] * len(batch)
         waits: list[asyncio.Future[None]] = []
         removed: list[Entry] = []
-        async with contextlib.AsyncExitStack() as held:
+        held: list[str] = []
+        try:
             # Each message under its own lock, taken in id order so that two batches can
             # never wait for each other; all are held until the records are durable.
             for n in sorted(range(len(batch)), key=lambda n: batch[n][0]):
                 qid, results = batch[n]
+                await self._take(qid)
+                held.append(qid)
                 try:
-                    entry = await held.enter_async_context(self._exclusive(qid))
-                    op = self._status_op(entry, results, now)
+                    op = self._status_op(self._entry(qid), results, now)
                 except QueueError as exc:
                     errors[n] = exc
                     continue
                 if op is not None:
                     waits.append(self._enqueue(op))
                     if op.rtype == RecordType.REMOVE:
-                        removed.append(entry)
+                        removed.append(self._index.entries[qid])
             for wait in waits:
                 await wait
+        finally:
+            for qid in held:
+                self._give(qid)
         for entry in removed:
             await self._removed(entry)
         return errors
