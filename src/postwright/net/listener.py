@@ -38,9 +38,12 @@ class Listener:
         self.servers: list[asyncio.Server] = []
         self.sessions: dict[Stream, asyncio.Task[None]] = {}
         self.per_client: Counter[str] = Counter()
+        # Looked up once in start(), not per connection: asyncio.get_running_loop() makes a
+        # getpid() system call (Python 3.11).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for host, port in self.addresses:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             server = await loop.create_server(
@@ -60,8 +63,7 @@ class Listener:
         return out
 
     def _make_stream(self) -> Stream:
-        stream = _ListenerStream(self)
-        return stream
+        return _ListenerStream(self, self._loop)
 
     def _accepted(self, stream: Stream) -> None:
         client = stream.peer[0]
@@ -72,7 +74,8 @@ class Listener:
             self._refuse(stream, "too many connections from client")
             return
         self.per_client[client] += 1
-        self.sessions[stream] = asyncio.get_running_loop().create_task(self._run(stream))
+        assert self._loop is not None
+        self.sessions[stream] = self._loop.create_task(self._run(stream))
 
     def _refuse(self, stream: Stream, reason: str) -> None:
         log.warning("connection refused", extra={"event": "reject", "role": self.role,
@@ -118,8 +121,8 @@ class Listener:
 
 
 class _ListenerStream(Stream):
-    def __init__(self, listener: Listener) -> None:
-        super().__init__()
+    def __init__(self, listener: Listener, loop: asyncio.AbstractEventLoop | None) -> None:
+        super().__init__(loop)
         self._listener = listener
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

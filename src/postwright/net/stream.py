@@ -17,7 +17,7 @@ _HIGH_WATER = 1 << 20  # pause reading when this much input is waiting for the s
 
 
 class Stream(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
@@ -29,8 +29,8 @@ class Stream(asyncio.Protocol):
         self._eof = False
         self._paused = False
         # Kept: asyncio.get_running_loop() checks the process id on every call, and a
-        # session waits once per command.
-        self._loop = asyncio.get_running_loop()
+        # session waits once per command. The listener passes its own.
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._closed = self._loop.create_future()
         # One timer per connection, re-armed only when it fires early (see wait_data).
         self._deadline = 0.0

@@ -14,6 +14,7 @@ to each command moves the state to.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -254,7 +255,7 @@ class ServerConnection:
         first = f"{self.settings.hostname} {text}".strip()
         if not self._owed.esmtp:
             return Reply(250, None, first)
-        return Reply(250, None, first, *self._keywords())
+        return _ehlo_reply(first, self._keywords())
 
     def tls_established(self) -> None:
         """The driver finished the TLS handshake after STARTTLS: forget everything."""
@@ -320,8 +321,7 @@ class ServerConnection:
             self._reset()
             self.helo = cmd.domain
             self.esmtp = cmd.esmtp
-            self.extensions = frozenset(k.split()[0] for k in self._keywords()) if cmd.esmtp \
-                else frozenset()
+            self.extensions = _extensions(self._keywords()) if cmd.esmtp else frozenset()
         elif isinstance(cmd, Mail):
             self._mail = cmd.params  # type: ignore[assignment]
         elif isinstance(cmd, Rcpt):
@@ -353,7 +353,7 @@ class ServerConnection:
         self._decoder = None
         self._bdat_check = None
 
-    def _keywords(self) -> list[str]:
+    def _keywords(self) -> tuple[str, ...]:
         s = self.settings
         words = ["PIPELINING", f"SIZE {s.max_message_size}", "8BITMIME", "ENHANCEDSTATUSCODES"]
         if s.smtputf8:
@@ -367,7 +367,7 @@ class ServerConnection:
         if s.auth_mechanisms and not self.authenticated and (
                 self.tls_active or s.auth_without_tls):
             words.append("AUTH " + " ".join(s.auth_mechanisms))
-        return words
+        return tuple(words)
 
     # ---- events ------------------------------------------------------------------------
     def _issue(self, event: Event) -> Event:
@@ -593,6 +593,18 @@ class ServerConnection:
         if not clean:
             return Reply(550, "5.6.0", "Bare CR or LF, or NUL, in message content")
         return None
+
+
+# The EHLO reply is the longest one, and the same for every client that gives the same
+# name: it is built and rendered once per (first line, keywords), not per connection.
+@functools.lru_cache(maxsize=256)
+def _ehlo_reply(first: str, keywords: tuple[str, ...]) -> Reply:
+    return Reply(250, None, first, *keywords)
+
+
+@functools.lru_cache(maxsize=16)
+def _extensions(keywords: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(k.split()[0] for k in keywords)
 
 
 def _is_utf8(path: Path) -> bool:

@@ -8,6 +8,7 @@ is durable. It never delivers mail itself. Replies are written here and only her
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import ssl
@@ -113,6 +114,11 @@ _GO_AHEAD = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
 _BYE = Reply(221, "2.0.0", "Bye")
 
 
+@functools.lru_cache(maxsize=16)
+def _greeting(hostname: str) -> Reply:
+    return Reply(220, None, f"{hostname} ESMTP postwright")
+
+
 class InboundSession:
     def __init__(self, stream: Stream, role: Role, services: Services) -> None:
         self.stream = stream
@@ -152,7 +158,7 @@ class InboundSession:
             if self.services.greeting_delay > 0:
                 # Clients that talk before the greeting are told 554 by the core.
                 await asyncio.sleep(self.services.greeting_delay)
-            self.send(Reply(220, None, f"{self.services.hostname} ESMTP postwright"))
+            self.send(_greeting(self.services.hostname))
             while not conn.must_close:
                 ev = self._held
                 if ev is None:
