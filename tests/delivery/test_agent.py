@@ -17,6 +17,7 @@ from postwright.delivery.agent import (
     decode_request,
     encode_reply,
     encode_request,
+    request_parts,
 )
 from postwright.delivery.maildir import MaildirNameError
 
@@ -38,6 +39,19 @@ def test_request_round_trip_keeps_every_field() -> None:
     assert decode_request(frame[4:]) == items
 
 
+def test_bodies_travel_after_the_description_as_they_are() -> None:
+    first, second = b"a" * 70_000, b"b\r\n" * 10
+    parts = request_parts([item(body=first), item("bob@example.test", body=second),
+                           item("carol@example.test", body=first)])
+    assert parts[2] is first and parts[3] is second and len(parts) == 4  # not copied
+    frame = b"".join(parts)
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    decoded = decode_request(frame[4:])
+    assert [d.body for d in decoded] == [first, second, first]
+    with pytest.raises(AgentError):
+        decode_request(frame[4:] + b"x")  # more bytes than its bodies
+
+
 def test_a_body_shared_by_many_recipients_crosses_the_pipe_once() -> None:
     body = b"x" * 100_000
     one = encode_request([item(body=body)])
@@ -57,7 +71,7 @@ def test_reply_round_trip_maps_error_kinds() -> None:
     assert isinstance(out[2], AgentError) and "No space left" in str(out[2])
 
 
-@pytest.mark.parametrize("cut", [1, 5, 9])
+@pytest.mark.parametrize("cut", [1, 5, 9, -10, -1])
 def test_truncated_frames_are_errors(cut: int) -> None:
     payload = encode_request([item()])[4:]
     with pytest.raises(AgentError):

@@ -39,7 +39,9 @@ def test_dot_stuff(body: bytes, wire: bytes) -> None:
 
 
 @pytest.mark.parametrize("body", [b"", b"a\r\n", b".\r\n", b"..\r\n", b"\r\n\r\n",
-                                  b".a\r\n.b\r\n..c\r\n", b"x\r\n.\r\n.\r\n", b"a.b\r\n"])
+                                  b".a\r\n.b\r\n..c\r\n", b"x\r\n.\r\n.\r\n", b"a.b\r\n",
+                                  # no dotted line, or the first one far into the body
+                                  b"x" * 300 + b"\r\nyz\r\n", b"x" * 300 + b"\r\n.y\r\nz\r\n"])
 @pytest.mark.parametrize("step", [0, 1, 2, 3, 5])
 def test_round_trip(body: bytes, step: int) -> None:
     out, dec, rest = decode(dot_stuff(body) + b"NEXT", step)

@@ -9,14 +9,15 @@ time over a pipe and restarts it if it dies; ``python -m postwright.delivery.age
 child, which hands each batch to :class:`~postwright.delivery.maildir.MaildirDelivery`.
 
 Wire format (private to this module, both ends are this file and run the same interpreter):
-a frame is a 4-byte big-endian length and a ``marshal`` payload (the standard library's
-serializer for plain values, the fastest there is: building the batch field by field was a
-measurable part of the event loop's time per message). A request is the batch's bodies, each
-once (bytes or a body file path), then its items, each (address, folder, Return-Path,
-Delivered-To, header bytes, number of its body): a message for 100 local recipients crosses
-the pipe once. A reply is a list of (kind, text) per item: delivered (text: the path in
-``new/``), bad name, error. A frame that does not decode to that shape is an
-:class:`AgentError`.
+a frame is a 4-byte big-endian length and a payload. A request's payload is a 4-byte length,
+a ``marshal`` description of the batch (the standard library's serializer for plain values,
+the fastest there is), then the bodies' bytes, each once, as they are: marshal would copy
+them, which for 100 KB bodies cost more than all the rest. The description lists each body
+(its length, or the path of the body's own file) and each item (address, folder,
+Return-Path, Delivered-To, header bytes, number of its body): a message for 100 local
+recipients crosses the pipe once. A reply's payload is a ``marshal`` list of (kind, text)
+per item: delivered (text: the path in ``new/``), bad name, error. A frame that does not
+decode to that shape is an :class:`AgentError`.
 
 Not here: routing, the queue, retries (the manager decides what a failure means). A child
 that exits mid-batch fails that whole batch as temporary: some of its messages may be in
@@ -74,24 +75,53 @@ def _load(payload: bytes) -> Any:
         raise AgentError(f"bad agent frame: {exc}") from exc
 
 
-def encode_request(items: Sequence[AgentItem]) -> bytes:
+def request_parts(items: Sequence[AgentItem]) -> list[bytes]:
+    """A request frame in pieces, to be written one after the other: the body bytes go to
+    the pipe as they are, never copied into a bigger buffer (for 100 KB bodies, serializing
+    them was the event loop's second largest cost)."""
     bodies: dict[tuple[int, Path | None], int] = {}  # the same body object is sent once
-    body_list: list[tuple[bytes | None, str | None]] = []
+    specs: list[tuple[int, str | None]] = []  # per body: its length (-1: none) and path
+    data: list[bytes] = []
     rows = []
     for it in items:
         key = (id(it.body), it.body_path)
         number = bodies.get(key)
         if number is None:
-            number = bodies[key] = len(body_list)
-            body_list.append((it.body, None if it.body_path is None else os.fspath(it.body_path)))
+            number = bodies[key] = len(specs)
+            specs.append((-1 if it.body is None else len(it.body),
+                          None if it.body_path is None else os.fspath(it.body_path)))
+            if it.body:
+                data.append(it.body)
         rows.append((it.address, it.folder, it.return_path, it.delivered_to, it.head, number))
-    return _frame((body_list, rows))
+    meta = marshal.dumps((specs, rows))
+    size = 4 + len(meta) + sum(len(d) for d in data)
+    return [_U32.pack(size) + _U32.pack(len(meta)), meta, *data]
+
+
+def encode_request(items: Sequence[AgentItem]) -> bytes:
+    """:func:`request_parts` as one frame."""
+    return b"".join(request_parts(items))
 
 
 def decode_request(payload: bytes) -> list[AgentItem]:
+    view = memoryview(payload)
+    if len(view) < 4:
+        raise AgentError("truncated agent frame")
+    (meta_size,) = _U32.unpack_from(view)
     try:
-        body_list, rows = _load(payload)
-        bodies = [(data, None if where is None else Path(where)) for data, where in body_list]
+        specs, rows = _load(bytes(view[4:4 + meta_size]))
+        pos = 4 + meta_size
+        bodies: list[tuple[bytes | None, Path | None]] = []
+        for length, where in specs:
+            body = None
+            if length >= 0:
+                if pos + length > len(view):
+                    raise AgentError("truncated agent frame")
+                body = bytes(view[pos:pos + length])
+                pos += length
+            bodies.append((body, None if where is None else Path(where)))
+        if pos != len(view):
+            raise AgentError("agent frame longer than its bodies")
         items = []
         for address, folder, return_path, delivered_to, head, number in rows:
             body, path = bodies[number]
@@ -146,12 +176,12 @@ class MaildirAgent:
         delivered."""
         if not items:
             return []
-        request = encode_request(items)
+        request = request_parts(items)
         async with self._lock:
             try:
                 proc = await self._running()
                 assert proc.stdin is not None and proc.stdout is not None
-                proc.stdin.write(request)
+                proc.stdin.writelines(request)
                 await proc.stdin.drain()
                 (size,) = _U32.unpack(await proc.stdout.readexactly(4))
                 return decode_reply(await proc.stdout.readexactly(size), len(items))

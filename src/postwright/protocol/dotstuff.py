@@ -12,6 +12,7 @@ Standard library only; no I/O.
 from __future__ import annotations
 
 _TERMINATOR = b"\r\n.\r\n"
+_DOT_LINE = b"\r\n."  # a line that starts with a dot: stuffed, or the terminator
 # Prefixes of the terminator that may sit at the end of a buffer, longest first.
 _PREFIXES = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
 
@@ -43,7 +44,13 @@ class DataDecoder:
             buf[:0] = b"\r\n"
             self._started = True
             self._strip = 2
-        end = buf.find(_TERMINATOR)
+        # One search finds both the first line that starts with a dot and, when that line
+        # is the terminator, the end: most bodies have no dot-stuffed line, and then the
+        # chunk needs no unstuffing pass either (for 100 KB bodies this halves the work).
+        end = buf.find(_DOT_LINE)
+        stuffed = end >= 0 and not buf.startswith(_TERMINATOR, end)
+        if stuffed:
+            end = buf.find(_TERMINATOR, end)
         if end >= 0:
             take = end + 2  # keep the CRLF that ends the last line
             consumed = end + len(_TERMINATOR)
@@ -58,7 +65,7 @@ class DataDecoder:
         chunk = bytes(buf[:take])
         del buf[:consumed]
         self._scan(chunk)
-        out = chunk.replace(b"\r\n.", b"\r\n")
+        out = chunk.replace(_DOT_LINE, b"\r\n") if stuffed else chunk
         if self._strip:
             out = out[self._strip:]
             self._strip = 0
