@@ -30,6 +30,7 @@ def test_large_body_spills_and_moves(tmp_path: Path) -> None:
     body.write(b"!")
     assert body.spilled and body.path is not None
     body.write(b"tail")
+    assert body.crc == zlib.crc32(b"0123456789!tail")  # what was buffered, then the rest
     assert body.take_inline() is None
     target = tmp_path / "final"
     body.finish(target)

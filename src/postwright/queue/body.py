@@ -41,7 +41,11 @@ class BodyWriter:
 
     @property
     def crc(self) -> int:
-        """CRC32 of the bytes written so far."""
+        """CRC32 of the bytes written so far: kept up to date once the body is in a file of
+        its own, computed when asked while it is in memory (a body committed inline needs
+        none: the journal record's own CRC covers it); 0 once its bytes were taken."""
+        if self._buffer is not None:
+            return zlib.crc32(self._buffer)
         return self._crc
 
     @property
@@ -52,7 +56,6 @@ class BodyWriter:
         if self._state != "open":
             raise QueueError("body already committed or discarded")
         self._size += len(data)
-        self._crc = zlib.crc32(data, self._crc)
         if self._error is not None:
             return
         try:
@@ -61,6 +64,7 @@ class BodyWriter:
                     self._buffer += data
                     return
                 self._spill()
+            self._crc = zlib.crc32(data, self._crc)
             write_all(self._fd, [data])
         except OSError as exc:
             self._error = exc
@@ -71,6 +75,7 @@ class BodyWriter:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.path = path
         buffered, self._buffer = self._buffer, None
+        self._crc = zlib.crc32(buffered)
         write_all(self._fd, [buffered])
 
     def read_all(self, limit: int) -> bytes | None:

@@ -129,7 +129,7 @@ class Op:
     qid: str
     message: QueuedMessage | None = None  # MESSAGE: the whole message with its state
     body_file: bool = False  # MESSAGE: body in bodies/<id> rather than inline
-    crc: int | None = None  # MESSAGE: CRC32 of the body
+    crc: int | None = None  # MESSAGE: CRC32 of a body in its own file (inline: None)
     body_start: int = 0  # MESSAGE: offset of the inline body in the payload
     updates: Mapping[int, RecipientState] = field(default_factory=dict)  # STATUS
 

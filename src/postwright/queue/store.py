@@ -319,7 +319,8 @@ class QueueStore:
         msg = QueuedMessage(qid, envelope, body.size, now, False,
                             [RecipientState(r, "pending", 0, now, None)
                              for r in envelope.recipients])
-        op = Op(RecordType.MESSAGE, qid, message=msg, body_file=inline is None, crc=body.crc)
+        op = Op(RecordType.MESSAGE, qid, message=msg, body_file=inline is None,
+                crc=body.crc if inline is None else None)
         if inline is not None:  # kept before the record is applied: delivery may start then
             self._keep_recent(qid, inline)
         try:
