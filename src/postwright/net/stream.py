@@ -20,7 +20,6 @@ class Stream(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
-        self.local: tuple[str, int] = ("", 0)
         self.sink: Callable[[bytes], None] | None = None
         self.idle = True  # no mail transaction under way (set by the session)
         self.pending = 0  # bytes handed to the sink that the session has not processed
@@ -44,11 +43,8 @@ class Stream(asyncio.Protocol):
         # uvloop's transports do not inherit from asyncio.Transport, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
         if isinstance(peer, tuple):
             self.peer = (str(peer[0]), int(peer[1]))
-        if isinstance(local, tuple):
-            self.local = (str(local[0]), int(local[1]))
 
     def data_received(self, data: bytes) -> None:
         if self.sink is None:

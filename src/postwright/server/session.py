@@ -68,6 +68,9 @@ class Role:
     relay_when_authenticated: bool = False
 
 
+_TRUSTED_MEMORY = 4096  # client addresses whose is_trusted answer is kept
+
+
 @dataclass
 class Services:
     hostname: str
@@ -85,8 +88,19 @@ class Services:
     sender_policy: str = "own"
     greeting_delay: float = 0.0
     auth_checks: AuthChecks | None = None
+    # Answers of is_trusted by client address: parsing the address and testing it against
+    # each network took longer than the rest of setting up a session.
+    _trusted: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
 
     def is_trusted(self, client: str) -> bool:
+        known = self._trusted.get(client)
+        if known is None:
+            if len(self._trusted) >= _TRUSTED_MEMORY:
+                self._trusted.clear()
+            known = self._trusted[client] = self._in_trusted_networks(client)
+        return known
+
+    def _in_trusted_networks(self, client: str) -> bool:
         try:
             address = ipaddress.ip_address(client)
         except ValueError:
