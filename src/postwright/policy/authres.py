@@ -18,12 +18,12 @@ RFC 6008 (``header.b``); RFC 5322 section 2.2.3 (folding).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from typing import Protocol
 
-import idna
-
+from ..protocol.address import AddressError, idna_to_ascii
 from .dmarc import DmarcResult
 from .spf import SpfResult
 
@@ -70,10 +70,8 @@ def _domain(name: str) -> str:
     """A domain as an A-label when it can be one, for a plain-ASCII property value."""
     name = name.rstrip(".")
     if not name.isascii():
-        try:
-            name = idna.encode(name, uts46=True).decode("ascii")
-        except (UnicodeError, idna.IDNAError):
-            pass
+        with contextlib.suppress(AddressError):
+            name = idna_to_ascii(name)
     return _value(name.lower())
 
 

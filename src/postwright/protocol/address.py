@@ -212,17 +212,22 @@ def _usable_non_ascii(c: str) -> bool:
     return c > "\x7f" and unicodedata.category(c) not in _BAD_CATEGORIES
 
 
+def idna_to_ascii(name: str) -> str:
+    """A domain name (or one label) in A-labels: IDNA 2008 (RFC 5891) with the UTS #46
+    mapping, non-transitional, so "ß" stays itself (xn--strae-oqa) where Python's own IDNA
+    2003 codec would turn it into "ss". AddressError if it cannot be converted."""
+    try:
+        return idna.encode(name, uts46=True).decode("ascii")
+    except (UnicodeError, idna.IDNAError) as exc:
+        raise AddressError("domain not convertible to IDNA") from exc
+
+
 def _label_to_ascii(label: str) -> str:
     if not label:
         raise AddressError("empty label in domain")
     if label.isascii():
         return label.lower()
-    try:
-        # IDNA 2008 (RFC 5891) with the UTS #46 mapping, non-transitional: "ß" stays itself
-        # (xn--strae-oqa), where Python's own IDNA 2003 codec would turn it into "ss".
-        encoded = idna.encode(label, uts46=True).decode("ascii").lower()
-    except (UnicodeError, idna.IDNAError) as exc:
-        raise AddressError("domain not convertible to IDNA") from exc
+    encoded = idna_to_ascii(label).lower()
     # The codec may map characters (e.g. full stops) into something that is not one label.
     if not _is_ldh_label(encoded):
         raise AddressError("domain not convertible to IDNA")

@@ -580,14 +580,15 @@ class QueueStore:
                 await self._take(qid)
                 held.append(qid)
                 try:
-                    op = self._status_op(self._entry(qid), results, now)
+                    entry = self._entry(qid)
+                    op = self._status_op(entry, results, now)
                 except QueueError as exc:
                     errors[n] = exc
                     continue
                 if op is not None:
                     waits.append(self._enqueue(op))
                     if op.rtype == RecordType.REMOVE:
-                        removed.append(self._index.entries[qid])
+                        removed.append(entry)
             for wait in waits:
                 await wait
         finally:
