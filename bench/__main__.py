@@ -25,6 +25,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import postwright
+
 from . import load, peers, report
 from .destination import RelayDestination
 from .load import RunResult, Scenario
@@ -97,7 +99,8 @@ def machine() -> dict[str, str]:
     git = subprocess.run(["git", "-C", str(peers.REPO), "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True).stdout.strip()
     return {"cpus": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
-            "python": platform.python_version(), "postwright": _version("postwright"),
+            "python": platform.python_version(),
+            "postwright": f"{_version('postwright')} ({postwright.build()})",
             "commit": git or "unknown", "aiosmtpd": _version("aiosmtpd"),
             "uvloop": _version("uvloop")}
 

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, build
 from .accounts import AccountStore, InvalidAddressError, fold_address
 from .config import Config, load_config
 from .errors import ConfigError, PostwrightError
@@ -444,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="postwright",
                                      description="postwright: a mail server (SMTP, queue, "
                                                  "Maildir)")
-    parser.add_argument("--version", action="version", version=f"postwright {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"postwright {__version__} ({build()})")
     parser.add_argument("--config", metavar="FILE", default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in COMMANDS:

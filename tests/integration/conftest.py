@@ -328,7 +328,9 @@ def no_server_errors() -> Iterator[None]:
     _STARTED.clear()
     yield
     for srv in _STARTED:
-        assert srv.errors() == [], f"server in {srv.tmp} logged errors"
+        errors = srv.errors()
+        assert errors == [], (f"server in {srv.tmp} logged errors: "
+                              + "".join(str(e.get("raw", e)) for e in errors))
     _STARTED.clear()
 
 

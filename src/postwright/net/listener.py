@@ -14,6 +14,7 @@ import socket
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from ..protocol.reply import Reply
 from .stream import Stream
@@ -57,7 +58,8 @@ class Listener:
     def bound(self) -> list[tuple[str, int]]:
         out = []
         for server in self.servers:
-            for sock in server.sockets:
+            sockets: Any = cast(Any, server).sockets  # uvloop: a list of pseudo-sockets
+            for sock in sockets:
                 name = sock.getsockname()
                 out.append((str(name[0]), int(name[1])))
         return out

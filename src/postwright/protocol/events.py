@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from .address import Path
+from .params import MailParams, RcptParams
 from .reply import Reply
 
 
@@ -43,14 +45,14 @@ class Hello(Command):
 
 @dataclass(frozen=True, slots=True)
 class Mail(Command):
-    path: object  # protocol.address.Path
-    params: object  # protocol.params.MailParams
+    path: Path
+    params: MailParams
 
 
 @dataclass(frozen=True, slots=True)
 class Rcpt(Command):
-    path: object  # protocol.address.Path
-    params: object  # protocol.params.RcptParams
+    path: Path
+    params: RcptParams
 
 
 @dataclass(frozen=True, slots=True)

@@ -323,7 +323,7 @@ class ServerConnection:
             self.esmtp = cmd.esmtp
             self.extensions = _extensions(self._keywords()) if cmd.esmtp else frozenset()
         elif isinstance(cmd, Mail):
-            self._mail = cmd.params  # type: ignore[assignment]
+            self._mail = cmd.params
         elif isinstance(cmd, Rcpt):
             self._rcpts += 1
         elif verb == "DATA":
@@ -471,8 +471,8 @@ class ServerConnection:
             return self._bad(Reply(501, "5.1.7", "Bad sender address syntax"), str(exc))
         try:
             params = mail_params(parse_params(rest), extensions=self.extensions)
-        except ParamError as exc:
-            return self._bad(exc.reply, str(exc))
+        except ParamError as perr:
+            return self._bad(perr.reply, str(perr))
         if _is_utf8(path) and not params.smtputf8:
             return self._bad(Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8"))
         if params.size is not None and params.size > self.settings.max_message_size:
@@ -491,8 +491,8 @@ class ServerConnection:
             return self._bad(Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8"))
         try:
             params = rcpt_params(parse_params(rest), extensions=self.extensions)
-        except ParamError as exc:
-            return self._bad(exc.reply, str(exc))
+        except ParamError as perr:
+            return self._bad(perr.reply, str(perr))
         if self._rcpts >= self.settings.max_recipients:
             return self._bad(Reply(452, "4.5.3", "Too many recipients"))
         return self._issue(Rcpt(verb, arg, path, params))

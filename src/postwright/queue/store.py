@@ -22,10 +22,10 @@ import contextlib
 import fcntl
 import io
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..envelope import Envelope
 from ..errors import QueueError
@@ -413,6 +413,7 @@ class QueueStore:
                 _fail(batch, exc)
                 continue
             dirs: list[int] = []
+            token: int | None
             try:
                 if any(p.body_dir for p in batch):
                     dirs.append(os.open(self._bodies,
@@ -421,12 +422,13 @@ class QueueStore:
             except OSError as exc:  # the child is gone: what is in flight is lost with it
                 self._lose_in_flight(exc)  # the journal cuts this batch off too
                 _fail(batch, exc)
-                continue
+                token = None
             finally:
                 for fd in dirs:
                     os.close(fd)
-            self.stats.dir_syncs += len(dirs)
-            self._in_flight.append((token, batch, appended))
+            if token is not None:
+                self.stats.dir_syncs += len(dirs)
+                self._in_flight.append((token, batch, appended))
 
     def start_sync_process(self) -> None:
         """Start the sync process now rather than at the first write (a server does, so
@@ -470,8 +472,11 @@ class QueueStore:
 
     def _stop_syncer(self) -> None:
         if self._watching is not None:
-            if not self._watching.is_closed() and self._syncer.running:
-                self._watching.remove_reader(self._syncer.fileno())
+            # Any: uvloop's remove_reader returns None where typeshed says bool, and
+            # compiled code checks the types it is told.
+            watching: Any = self._watching
+            if not watching.is_closed() and self._syncer.running:
+                watching.remove_reader(self._syncer.fileno())
             self._watching = None
         self._syncer.stop()
 
@@ -517,14 +522,9 @@ class QueueStore:
         batch, self._pending = self._pending[:count], self._pending[count:]
         return batch
 
-    @contextlib.asynccontextmanager
-    async def _exclusive(self, qid: str) -> AsyncIterator[Entry]:
-        """Serialize read-modify-write of one message; yields its current entry."""
-        await self._take(qid)
-        try:
-            yield self._entry(qid)
-        finally:
-            self._give(qid)
+    def _exclusive(self, qid: str) -> _Exclusive:
+        """Serialize read-modify-write of one message: ``async with`` it for its entry."""
+        return _Exclusive(self, qid)
 
     async def _take(self, qid: str) -> None:
         """Take the lock of one message (what :meth:`_exclusive` holds); :meth:`_give`
@@ -735,6 +735,28 @@ class QueueStore:
         except QueueError:
             if qid in self._index.entries:
                 raise
+
+
+class _Exclusive:
+    """The lock of one message while ``async with`` holds it (see ``_exclusive``)."""
+
+    __slots__ = ("_store", "_qid")
+
+    def __init__(self, store: QueueStore, qid: str) -> None:
+        self._store = store
+        self._qid = qid
+
+    async def __aenter__(self) -> Entry:
+        store = self._store
+        await store._take(self._qid)
+        try:
+            return store._entry(self._qid)
+        except BaseException:
+            store._give(self._qid)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._store._give(self._qid)
 
 
 def _fail(batch: list[_Pending], exc: BaseException) -> None:

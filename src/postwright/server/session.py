@@ -25,7 +25,7 @@ from ..policy.emailauth import Lookups, check_message
 from ..policy.relay import relay_check
 from ..policy.sender import owns
 from ..policy.throttle import AuthThrottle, ConnectionRate
-from ..protocol.address import Mailbox, Path
+from ..protocol.address import Mailbox
 from ..protocol.events import (
     NEED_DATA,
     Auth,
@@ -42,7 +42,7 @@ from ..protocol.events import (
     Rcpt,
     Sentinel,
 )
-from ..protocol.params import MailParams, RcptParams
+from ..protocol.params import MailParams
 from ..protocol.reply import Reply
 from ..protocol.server import ServerConnection, ServerSettings
 from ..queue import BodyWriter, QueueStore
@@ -315,7 +315,6 @@ class InboundSession:
 
     def mail(self, ev: Mail) -> None:
         path = ev.path
-        assert isinstance(path, Path) and isinstance(ev.params, MailParams)
         self._clear()
         if (self.role.relay_when_authenticated and self.account is not None
                 and self.services.sender_policy == "own"
@@ -335,7 +334,6 @@ class InboundSession:
 
     def rcpt(self, ev: Rcpt) -> None:
         path = ev.path
-        assert isinstance(path, Path) and isinstance(ev.params, RcptParams)
         mailbox = path.mailbox
         assert mailbox is not None
         # A bare <postmaster> (RFC 5321 section 4.5.1) is the router's and relay check's job.
