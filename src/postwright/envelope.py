@@ -7,8 +7,8 @@ Covers RFC 5321 section 2.3.1 (envelope), RFC 3461 (DSN parameters), RFC 6531 (S
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 
 def _clean(name: str, value: str | None) -> None:
@@ -17,19 +17,25 @@ def _clean(name: str, value: str | None) -> None:
         raise ValueError(f"envelope field {name} contains CR, LF or NUL")
 
 
-@dataclass(frozen=True, slots=True)
+# Made for every message: Final fields and an __init__ of their own rather than frozen=True,
+# whose generated __init__ sets each field through object.__setattr__ (see protocol.address).
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Recipient:
     """One envelope recipient, after alias expansion."""
 
-    address: str
-    orcpt: str | None = None  # RFC 3461 ORCPT as "addr-type;address", decoded from xtext
-    notify: tuple[str, ...] = ()  # RFC 3461 NOTIFY keywords; empty when not given
+    address: Final[str]
+    orcpt: Final[str | None]  # RFC 3461 ORCPT as "addr-type;address", decoded from xtext
+    notify: Final[tuple[str, ...]]  # RFC 3461 NOTIFY keywords; empty when not given
 
-    def __post_init__(self) -> None:
-        _clean("address", self.address)
-        _clean("orcpt", self.orcpt)
-        for n in self.notify:
+    def __init__(self, address: str, orcpt: str | None = None,
+                 notify: tuple[str, ...] = ()) -> None:
+        _clean("address", address)
+        _clean("orcpt", orcpt)
+        for n in notify:
             _clean("notify", n)
+        self.address = address
+        self.orcpt = orcpt
+        self.notify = notify
 
     def to_dict(self) -> dict[str, Any]:
         return {"address": self.address, "orcpt": self.orcpt, "notify": list(self.notify)}
@@ -39,33 +45,50 @@ class Recipient:
         return cls(str(d["address"]), d.get("orcpt"), tuple(d.get("notify") or ()))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, slots=True)
 class Envelope:
-    sender: str  # "" is the null reverse-path
-    recipients: tuple[Recipient, ...]
-    body: str = "7BIT"  # BODY= value: 7BIT, 8BITMIME or BINARYMIME
-    smtputf8: bool = False
-    ret: str | None = None  # RFC 3461 RET: FULL or HDRS
-    envid: str | None = None  # RFC 3461 ENVID, decoded from xtext
-    helo: str = ""
-    client_address: str = ""
-    received_at: float = 0.0  # seconds since the epoch
-    auth: str | None = None  # authenticated account, if any
-    listener: str = "smtp"
-    extra: dict[str, str] = field(default_factory=dict)
+    sender: Final[str]  # "" is the null reverse-path
+    recipients: Final[tuple[Recipient, ...]]
+    body: Final[str]  # BODY= value: 7BIT, 8BITMIME or BINARYMIME
+    smtputf8: Final[bool]
+    ret: Final[str | None]  # RFC 3461 RET: FULL or HDRS
+    envid: Final[str | None]  # RFC 3461 ENVID, decoded from xtext
+    helo: Final[str]
+    client_address: Final[str]
+    received_at: Final[float]  # seconds since the epoch
+    auth: Final[str | None]  # authenticated account, if any
+    listener: Final[str]
+    extra: Final[dict[str, str]]
 
-    def __post_init__(self) -> None:
-        _clean("sender", self.sender)
-        _clean("body", self.body)
-        _clean("ret", self.ret)
-        _clean("envid", self.envid)
-        _clean("helo", self.helo)
-        _clean("client_address", self.client_address)
-        _clean("auth", self.auth)
-        _clean("listener", self.listener)
-        for k, v in self.extra.items():
+    def __init__(self, sender: str, recipients: tuple[Recipient, ...], body: str = "7BIT",
+                 smtputf8: bool = False, ret: str | None = None, envid: str | None = None,
+                 helo: str = "", client_address: str = "", received_at: float = 0.0,
+                 auth: str | None = None, listener: str = "smtp",
+                 extra: dict[str, str] | None = None) -> None:
+        extra = {} if extra is None else extra
+        _clean("sender", sender)
+        _clean("body", body)
+        _clean("ret", ret)
+        _clean("envid", envid)
+        _clean("helo", helo)
+        _clean("client_address", client_address)
+        _clean("auth", auth)
+        _clean("listener", listener)
+        for k, v in extra.items():
             _clean(k, k)
             _clean(k, v)
+        self.sender = sender
+        self.recipients = recipients
+        self.body = body
+        self.smtputf8 = smtputf8
+        self.ret = ret
+        self.envid = envid
+        self.helo = helo
+        self.client_address = client_address
+        self.received_at = received_at
+        self.auth = auth
+        self.listener = listener
+        self.extra = extra
 
     def to_dict(self) -> dict[str, Any]:
         # Spelled out rather than dataclasses.asdict: this runs for every queued message.

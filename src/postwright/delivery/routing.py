@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Final, Literal
 
 from ..protocol.address import AddressError, Domain, Mailbox, parse_domain, parse_mailbox
 
@@ -27,7 +27,8 @@ DEPTH_LIMIT = 20
 POSTMASTER = "postmaster"
 
 
-@dataclass(frozen=True, slots=True)
+# Final fields and an __init__ of its own rather than frozen=True (see protocol.address).
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Resolution:
     """Where mail for one recipient goes.
 
@@ -39,8 +40,13 @@ class Resolution:
     targets; tell them apart with :meth:`Router.is_local_domain`.
     """
 
-    kind: Literal["local", "remote", "unknown"]
-    targets: tuple[str, ...]
+    kind: Final[Literal["local", "remote", "unknown"]]
+    targets: Final[tuple[str, ...]]
+
+    def __init__(self, kind: Literal["local", "remote", "unknown"],
+                 targets: tuple[str, ...]) -> None:
+        self.kind = kind
+        self.targets = targets
 
 
 def base_local_part(local_part: str, delimiters: str = "+") -> str:
@@ -82,15 +88,15 @@ def _domain_key(domain: Domain) -> str:
         return domain.name.lower()
 
 
-@dataclass
 class _Collected:
     """The targets found so far for one resolution, deduplicated."""
 
-    local: dict[tuple[str, str], str] = field(default_factory=dict)
-    remote: dict[tuple[str, str], str] = field(default_factory=dict)
-    # "local@domain" -> reached anything, once visited: a second visit (an address listed in
-    # several aliases) adds no new target, so fan-outs stay linear.
-    seen: dict[str, bool] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.local: dict[tuple[str, str], str] = {}
+        self.remote: dict[tuple[str, str], str] = {}
+        # "local@domain" -> reached anything, once visited: a second visit (an address
+        # listed in several aliases) adds no new target, so fan-outs stay linear.
+        self.seen: dict[str, bool] = {}
 
     def targets(self) -> tuple[str, ...]:
         return (*self.local.values(), *self.remote.values())

@@ -17,7 +17,7 @@ import ipaddress
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Final, NoReturn
 
 import idna
 
@@ -54,10 +54,18 @@ class Utf8RequiredError(AddressError):
     """The address is well formed but non-ASCII, and SMTPUTF8 is not in effect."""
 
 
-@dataclass(frozen=True, slots=True)
+# The values here are made for every MAIL and RCPT: Final fields and an __init__ of their
+# own, not frozen=True, whose generated __init__ sets each field through object.__setattr__
+# (several times slower, and never compiled). mypy refuses assignments to Final fields; the
+# compiled build refuses them at run time too.
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Domain:
-    name: str  # as written, case preserved; for literals the full "[...]" text
-    is_literal: bool
+    name: Final[str]  # as written, case preserved; for literals the full "[...]" text
+    is_literal: Final[bool]
+
+    def __init__(self, name: str, is_literal: bool) -> None:
+        self.name = name
+        self.is_literal = is_literal
 
     def ascii(self) -> str:
         """The lower-case A-label form (address literals: the lower-cased literal)."""
@@ -80,10 +88,14 @@ class Domain:
         return self.name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Mailbox:
-    local_part: str  # semantic value: a quoted local part is unquoted and unescaped
-    domain: Domain | None  # None only for the bare "postmaster" of RFC 5321 4.5.1
+    local_part: Final[str]  # semantic value: a quoted local part is unquoted and unescaped
+    domain: Final[Domain | None]  # None only for the bare "postmaster" of RFC 5321 4.5.1
+
+    def __init__(self, local_part: str, domain: Domain | None) -> None:
+        self.local_part = local_part
+        self.domain = domain
 
     def __str__(self) -> str:
         local = self.local_part
@@ -99,10 +111,14 @@ class Mailbox:
         return not (self.local_part.isascii() and domain.isascii())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Path:
-    mailbox: Mailbox | None  # None is the null path "<>"
-    source_route: tuple[str, ...] = ()  # the hops of an "@a,@b:" route, ignored
+    mailbox: Final[Mailbox | None]  # None is the null path "<>"
+    source_route: Final[tuple[str, ...]]  # the hops of an "@a,@b:" route, ignored
+
+    def __init__(self, mailbox: Mailbox | None, source_route: tuple[str, ...] = ()) -> None:
+        self.mailbox = mailbox
+        self.source_route = source_route
 
     @property
     def is_null(self) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Final
 
 from .address import Path
 from .params import MailParams, RcptParams
@@ -29,76 +30,121 @@ class Event:
     __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
+# One event a command or a piece of content: Final fields and an __init__ of their own
+# rather than frozen=True (see protocol.address).
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Command(Event):
     """A well-formed command in a state that allows it; ``verb`` is upper case."""
 
-    verb: str
-    arg: str
+    verb: Final[str]
+    arg: Final[str]
+
+    def __init__(self, verb: str, arg: str) -> None:
+        self.verb = verb
+        self.arg = arg
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Hello(Command):
-    domain: str
-    esmtp: bool
+    domain: Final[str]
+    esmtp: Final[bool]
+
+    def __init__(self, verb: str, arg: str, domain: str, esmtp: bool) -> None:
+        super().__init__(verb, arg)
+        self.domain = domain
+        self.esmtp = esmtp
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Mail(Command):
-    path: Path
-    params: MailParams
+    path: Final[Path]
+    params: Final[MailParams]
+
+    def __init__(self, verb: str, arg: str, path: Path, params: MailParams) -> None:
+        super().__init__(verb, arg)
+        self.path = path
+        self.params = params
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Rcpt(Command):
-    path: Path
-    params: RcptParams
+    path: Final[Path]
+    params: Final[RcptParams]
+
+    def __init__(self, verb: str, arg: str, path: Path, params: RcptParams) -> None:
+        super().__init__(verb, arg)
+        self.path = path
+        self.params = params
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Auth(Command):
-    mechanism: str
-    initial: str | None  # initial response as sent ("=" means empty), None if absent
+    mechanism: Final[str]
+    initial: Final[str | None]  # initial response as sent ("=" means empty), None if absent
+
+    def __init__(self, verb: str, arg: str, mechanism: str, initial: str | None) -> None:
+        super().__init__(verb, arg)
+        self.mechanism = mechanism
+        self.initial = initial
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class AuthResponse(Event):
     """One line of a SASL exchange (RFC 4954 section 4), as sent ("*" means abort)."""
 
-    data: str
+    data: Final[str]
+
+    def __init__(self, data: str) -> None:
+        self.data = data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class MessageData(Event):
     """A piece of the message content, unstuffed, with CRLF line ends."""
 
-    data: bytes
+    data: Final[bytes]
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class EndOfChunk(Event):
     """A non-final BDAT chunk was received whole (RFC 3030)."""
 
-    size: int
-    total: int
+    size: Final[int]
+    total: Final[int]
+
+    def __init__(self, size: int, total: int) -> None:
+        self.size = size
+        self.total = total
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class EndOfMessage(Event):
     """The content is complete. ``error`` is set when the core refuses it (size, bare CR/LF);
     the driver must then send that reply and discard what it stored."""
 
-    size: int
-    error: Reply | None = None
+    size: Final[int]
+    error: Final[Reply | None]
+
+    def __init__(self, size: int, error: Reply | None = None) -> None:
+        self.size = size
+        self.error = error
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class BadCommand(Event):
     """Input the core refuses; the driver sends ``reply`` and closes if ``fatal``."""
 
-    reply: Reply
-    fatal: bool = False
-    detail: str = ""
+    reply: Final[Reply]
+    fatal: Final[bool]
+    detail: Final[str]
+
+    def __init__(self, reply: Reply, fatal: bool = False, detail: str = "") -> None:
+        self.reply = reply
+        self.fatal = fatal
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

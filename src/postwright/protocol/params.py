@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from typing import Final
 
 from .reply import Reply
 
@@ -49,6 +50,8 @@ def _unsupported() -> ParamError:
 def parse_params(text: str) -> dict[str, str | None]:
     """Split ``KEY=VALUE KEY2 ...`` into a dict with upper-cased keys, in the given order."""
     params: dict[str, str | None] = {}
+    if not text:
+        return params
     for word in text.split(" "):
         if not word:
             continue
@@ -108,24 +111,45 @@ def xtext_encode(s: str) -> str:
     )
 
 
-@dataclass(frozen=True, slots=True)
+# Final fields and an __init__ of their own rather than frozen=True: see protocol.address.
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class MailParams:
-    size: int | None = None
-    body: str | None = None  # "7BIT" | "8BITMIME" | "BINARYMIME"
-    smtputf8: bool = False
-    ret: str | None = None  # "FULL" | "HDRS"
-    envid: str | None = None  # decoded
-    auth: str | None = None  # decoded AUTH= value ("<>" kept as "<>")
+    size: Final[int | None]
+    body: Final[str | None]  # "7BIT" | "8BITMIME" | "BINARYMIME"
+    smtputf8: Final[bool]
+    ret: Final[str | None]  # "FULL" | "HDRS"
+    envid: Final[str | None]  # decoded
+    auth: Final[str | None]  # decoded AUTH= value ("<>" kept as "<>")
+
+    def __init__(self, size: int | None = None, body: str | None = None,
+                 smtputf8: bool = False, ret: str | None = None, envid: str | None = None,
+                 auth: str | None = None) -> None:
+        self.size = size
+        self.body = body
+        self.smtputf8 = smtputf8
+        self.ret = ret
+        self.envid = envid
+        self.auth = auth
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class RcptParams:
-    notify: tuple[str, ...] = ()  # ("NEVER",) or SUCCESS/FAILURE/DELAY in the order given
-    orcpt: str | None = None  # "addr-type;decoded-address"
+    notify: Final[tuple[str, ...]]  # ("NEVER",) or SUCCESS/FAILURE/DELAY in the order given
+    orcpt: Final[str | None]  # "addr-type;decoded-address"
+
+    def __init__(self, notify: tuple[str, ...] = (), orcpt: str | None = None) -> None:
+        self.notify = notify
+        self.orcpt = orcpt
+
+
+_NO_MAIL_PARAMS: Final = MailParams()  # what nearly every MAIL and RCPT comes with
+_NO_RCPT_PARAMS: Final = RcptParams()
 
 
 def mail_params(params: dict[str, str | None], *, extensions: frozenset[str]) -> MailParams:
     """Check and interpret the parameters of MAIL FROM; raise ParamError on the first bad one."""
+    if not params:
+        return _NO_MAIL_PARAMS
     size: int | None = None
     body: str | None = None
     smtputf8 = False
@@ -159,6 +183,8 @@ def mail_params(params: dict[str, str | None], *, extensions: frozenset[str]) ->
 
 def rcpt_params(params: dict[str, str | None], *, extensions: frozenset[str]) -> RcptParams:
     """Check and interpret the parameters of RCPT TO; raise ParamError on the first bad one."""
+    if not params:
+        return _NO_RCPT_PARAMS
     notify: tuple[str, ...] = ()
     orcpt: str | None = None
     for raw_key, value in params.items():

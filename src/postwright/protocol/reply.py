@@ -7,13 +7,15 @@ renders itself to wire bytes; nothing else in postwright builds reply strings by
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 
-@dataclass(frozen=True, slots=True)
+# Final fields and an __init__ of its own rather than frozen=True (see protocol.address).
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class Reply:
-    code: int
-    enhanced: str | None
-    lines: tuple[str, ...]
+    code: Final[int]
+    enhanced: Final[str | None]
+    lines: Final[tuple[str, ...]]
     # The rendering with the enhanced code, kept once made: constant replies (module-level
     # values such as "250 2.1.5 Recipient ok") are then rendered once per process.
     _wire: bytes | None = field(default=None, init=False, repr=False, compare=False)
@@ -26,10 +28,10 @@ class Reply:
         for line in lines:
             if "\r" in line or "\n" in line:
                 raise ValueError("reply text must not contain CR or LF")
-        object.__setattr__(self, "code", code)
-        object.__setattr__(self, "enhanced", enhanced)
-        object.__setattr__(self, "lines", tuple(lines) or ("",))
-        object.__setattr__(self, "_wire", None)
+        self.code = code
+        self.enhanced = enhanced
+        self.lines = tuple(lines) or ("",)
+        self._wire = None
 
     @property
     def text(self) -> str:
@@ -53,7 +55,7 @@ class Reply:
             wire = self._wire
             if wire is None:
                 wire = self._render(True)
-                object.__setattr__(self, "_wire", wire)
+                self._wire = wire
             return wire
         return self._render(False)
 

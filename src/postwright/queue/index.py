@@ -14,22 +14,34 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, replace
+from typing import Final
 
 from .journal import RecordType
 from .records import Op, QueuedMessage
 
 
-@dataclass(frozen=True, slots=True)
+# Final fields and an __init__ of its own rather than frozen=True (see protocol.address).
+@dataclass(init=False, slots=True)
 class Entry:
     """Where the current MESSAGE record of a queued message lives; replaced, never mutated."""
 
-    msg: QueuedMessage
-    segment: int
-    offset: int
-    length: int
-    body_start: int  # offset of an inline body inside the record payload
-    body_file: bool
-    crc: int | None
+    msg: Final[QueuedMessage]
+    segment: Final[int]
+    offset: Final[int]
+    length: Final[int]
+    body_start: Final[int]  # offset of an inline body inside the record payload
+    body_file: Final[bool]
+    crc: Final[int | None]
+
+    def __init__(self, msg: QueuedMessage, segment: int, offset: int, length: int,
+                 body_start: int, body_file: bool, crc: int | None) -> None:
+        self.msg = msg
+        self.segment = segment
+        self.offset = offset
+        self.length = length
+        self.body_start = body_start
+        self.body_file = body_file
+        self.crc = crc
 
 
 class QueueIndex:

@@ -17,7 +17,8 @@ import struct
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import orjson
 
@@ -36,24 +37,39 @@ def rfc3339(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@dataclass(frozen=True, slots=True)
+# The values made for every message and every delivery: Final fields and an __init__ of
+# their own rather than frozen=True (see protocol.address), and QueuedMessage's __init__
+# written out, so that the compiled build compiles them too.
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class RecipientResult:
     """The outcome of one delivery attempt for one recipient."""
 
-    status: str  # delivered | deferred | failed
-    reply: str
+    status: Final[str]  # delivered | deferred | failed
+    reply: Final[str]
+
+    def __init__(self, status: str, reply: str) -> None:
+        self.status = status
+        self.reply = reply
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class RecipientState:
-    recipient: Recipient
-    status: str  # pending | deferred | delivered | failed
-    attempts: int
-    next_attempt: float
-    last_reply: str | None
+    recipient: Final[Recipient]
+    status: Final[str]  # pending | deferred | delivered | failed
+    attempts: Final[int]
+    next_attempt: Final[float]
+    last_reply: Final[str | None]
+
+    def __init__(self, recipient: Recipient, status: str, attempts: int, next_attempt: float,
+                 last_reply: str | None) -> None:
+        self.recipient = recipient
+        self.status = status
+        self.attempts = attempts
+        self.next_attempt = next_attempt
+        self.last_reply = last_reply
 
 
-@dataclass(slots=True)
+@dataclass(init=False, slots=True)
 class QueuedMessage:
     id: str
     envelope: Envelope
@@ -61,6 +77,15 @@ class QueuedMessage:
     arrived: float
     held: bool
     recipients: list[RecipientState]
+
+    def __init__(self, id: str, envelope: Envelope, size: int, arrived: float, held: bool,
+                 recipients: list[RecipientState]) -> None:
+        self.id = id
+        self.envelope = envelope
+        self.size = size
+        self.arrived = arrived
+        self.held = held
+        self.recipients = recipients
 
     def to_json(self) -> dict[str, Any]:
         """The ``queue list --json`` object of CONTRACT.md."""
@@ -121,17 +146,31 @@ class RecoveryReport:
         }
 
 
-@dataclass(frozen=True, slots=True)
+_NO_UPDATES: Mapping[int, RecipientState] = MappingProxyType({})
+
+
+@dataclass(init=False, slots=True)
 class Op:
     """One change to the queue, as written in one journal record."""
 
-    rtype: RecordType
-    qid: str
-    message: QueuedMessage | None = None  # MESSAGE: the whole message with its state
-    body_file: bool = False  # MESSAGE: body in bodies/<id> rather than inline
-    crc: int | None = None  # MESSAGE: CRC32 of a body in its own file (inline: None)
-    body_start: int = 0  # MESSAGE: offset of the inline body in the payload
-    updates: Mapping[int, RecipientState] = field(default_factory=dict)  # STATUS
+    rtype: Final[RecordType]
+    qid: Final[str]
+    message: Final[QueuedMessage | None]  # MESSAGE: the whole message with its state
+    body_file: Final[bool]  # MESSAGE: body in bodies/<id> rather than inline
+    crc: Final[int | None]  # MESSAGE: CRC32 of a body in its own file (inline: None)
+    body_start: Final[int]  # MESSAGE: offset of the inline body in the payload
+    updates: Final[Mapping[int, RecipientState]]  # STATUS
+
+    def __init__(self, rtype: RecordType, qid: str, message: QueuedMessage | None = None,
+                 body_file: bool = False, crc: int | None = None, body_start: int = 0,
+                 updates: Mapping[int, RecipientState] = _NO_UPDATES) -> None:
+        self.rtype = rtype
+        self.qid = qid
+        self.message = message
+        self.body_file = body_file
+        self.crc = crc
+        self.body_start = body_start
+        self.updates = updates
 
 
 def _state(s: RecipientState) -> dict[str, Any]:

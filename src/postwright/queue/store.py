@@ -23,7 +23,7 @@ import fcntl
 import io
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -54,18 +54,23 @@ _DIGIT_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 _RANDOM_BLOCK = 128  # random id starts fetched per os.urandom call
 
 
-@dataclass(slots=True)
 class _Pending:
-    data: bytes
-    op: Op
-    future: asyncio.Future[None]
-    body_dir: bool
+    __slots__ = ("data", "op", "future", "body_dir")
+
+    def __init__(self, data: bytes, op: Op, future: asyncio.Future[None],
+                 body_dir: bool) -> None:
+        self.data = data
+        self.op = op
+        self.future = future
+        self.body_dir = body_dir
 
 
-@dataclass(slots=True)
 class _Slot:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
 
 
 class QueueStore:
