@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
-_IOV_MAX = 1024  # buffers per writev (the Linux limit)
+_IOV_MAX: Final = 1024  # buffers per writev (the Linux limit)
 
 
 def write_all(fd: int, bufs: Sequence[bytes | bytearray | memoryview]) -> int:

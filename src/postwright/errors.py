@@ -44,3 +44,9 @@ class ConfigError(PostwrightError):
 
 class QueueError(PostwrightError):
     """The queue could not do what was asked (unknown id, storage failure)."""
+
+
+class AgentError(OSError):
+    """The Maildir agent process failed or broke its wire format (a temporary delivery
+    failure). Here rather than in ``delivery.agent``: the compiled build cannot compile a
+    subclass of OSError, and that module is compiled."""

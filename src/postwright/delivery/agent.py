@@ -5,8 +5,9 @@ small system calls. Done in a thread of the server it competes for the interpret
 the sessions that receive mail, so under load receiving and delivering take turns on one
 core. As a child process (as Postfix runs ``virtual(8)`` beside ``smtpd(8)``) it runs on the
 other core. :class:`MaildirAgent` starts the child on first use, sends it one batch at a
-time over a pipe and restarts it if it dies; ``python -m postwright.delivery.agent`` is the
-child, which hands each batch to :class:`~postwright.delivery.maildir.MaildirDelivery`.
+time over a pipe and restarts it if it dies; :func:`main` of this module is the child
+(``python -c`` with :data:`CHILD`: ``-m`` cannot run a compiled module), which hands each
+batch to :class:`~postwright.delivery.maildir.MaildirDelivery`.
 
 Wire format (private to this module, both ends are this file and run the same interpreter):
 a frame is a 4-byte big-endian length and a payload. A request's payload is a 4-byte length,
@@ -35,31 +36,43 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final
 
+from ..errors import AgentError
 from .maildir import DeliveryItem, MaildirDelivery, MaildirNameError
 
-_U32 = struct.Struct(">I")
-_CHUNK = 256 * 1024
+_U32: Final = struct.Struct(">I")
+_CHUNK: Final = 256 * 1024
 _DELIVERED, _BAD_NAME, _ERROR = 0, 1, 2
+# The child's command line after the interpreter: MAIL_ROOT and HOSTNAME follow.
+CHILD: Final = ("-c", "import sys; from postwright.delivery.agent import main; "
+               "sys.exit(main(sys.argv[1:]))")
 
 
-@dataclass(frozen=True, slots=True)
+# Final fields and an __init__ of its own rather than frozen=True (see protocol.address).
+@dataclass(init=False, unsafe_hash=True, slots=True)
 class AgentItem:
     """One message for one local mailbox: ``head`` (trace fields) then the body, which is
     either ``body`` (bytes, CRLF line ends) or the file at ``body_path``."""
 
-    address: str
-    return_path: str
-    delivered_to: str
-    head: bytes
-    body: bytes | None = None
-    body_path: Path | None = None
-    folder: str | None = None
+    address: Final[str]
+    return_path: Final[str]
+    delivered_to: Final[str]
+    head: Final[bytes]
+    body: Final[bytes | None]
+    body_path: Final[Path | None]
+    folder: Final[str | None]
 
-
-class AgentError(OSError):
-    """The agent process failed or broke the wire format (a temporary delivery failure)."""
+    def __init__(self, address: str, return_path: str, delivered_to: str, head: bytes,
+                 body: bytes | None = None, body_path: Path | None = None,
+                 folder: str | None = None) -> None:
+        self.address = address
+        self.return_path = return_path
+        self.delivered_to = delivered_to
+        self.head = head
+        self.body = body
+        self.body_path = body_path
+        self.folder = folder
 
 
 # ---- wire format ------------------------------------------------------------------------
@@ -200,7 +213,7 @@ class MaildirAgent:
             return self._proc
         await self._stop()
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "postwright.delivery.agent", str(self.mail_root),
+            sys.executable, *CHILD, str(self.mail_root),
             self.hostname, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         self.started += 1
         return self._proc
@@ -264,7 +277,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, delivery: MaildirDelivery) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m postwright.delivery.agent MAIL_ROOT HOSTNAME", file=sys.stderr)
+        print("usage: MAIL_ROOT HOSTNAME (the server starts this process)", file=sys.stderr)
         return 2
     # The server decides when the agent stops (it closes our input); a Ctrl-C meant for the
     # server's terminal must not cut a batch in half.

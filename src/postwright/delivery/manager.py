@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Final
 
 from ..envelope import Envelope
 from ..errors import QueueError
@@ -26,9 +27,10 @@ from .maildir import MaildirNameError
 from .remote import Job, RemoteDelivery
 from .routing import Router
 
-log = logging.getLogger("postwright.delivery")
+log: Final = logging.getLogger("postwright.delivery")
 
-_BATCH_BYTES = 8 << 20  # a batch stops growing here (bytes to write), so it never weighs much more
+# A batch stops growing here (bytes to write), so it never weighs much more.
+_BATCH_BYTES: Final = 8 << 20
 
 
 class DeliveryManager:

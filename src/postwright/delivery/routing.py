@@ -23,8 +23,8 @@ from typing import Final, Literal
 
 from ..protocol.address import AddressError, Domain, Mailbox, parse_domain, parse_mailbox
 
-DEPTH_LIMIT = 20
-POSTMASTER = "postmaster"
+DEPTH_LIMIT: Final = 20
+POSTMASTER: Final = "postmaster"
 
 
 # Final fields and an __init__ of its own rather than frozen=True (see protocol.address).

@@ -16,29 +16,31 @@ import functools
 import ipaddress
 import time
 import unicodedata
+from typing import Final
 
-PROTOCOLS = frozenset({
+PROTOCOLS: Final = frozenset({
     "SMTP", "ESMTP", "ESMTPS", "ESMTPA", "ESMTPSA",
     "UTF8SMTP", "UTF8SMTPS", "UTF8SMTPA", "UTF8SMTPSA",
 })
 
 # Characters that would change the structure of the field if a peer slipped them into a
 # name: comment delimiters, the quoting character, the date separator and white space.
-_STRUCTURAL = frozenset("()\\;<> \t")
+_STRUCTURAL: Final = frozenset("()\\;<> \t")
 # Unicode categories never allowed, even in UTF-8 headers: controls (C0 and C1), format
 # characters (bidi overrides), surrogates, private use, unassigned, line/paragraph separators
 # and non-ASCII spaces.
-_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
+_BAD_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
 
 # For ASCII text (nearly every name), the same filters as translate() tables.
-_ASCII_TOKEN_DROP = {c: None for c in range(128)
+_ASCII_TOKEN_DROP: Final = {c: None for c in range(128)
                      if not 0x21 <= c <= 0x7E or chr(c) in _STRUCTURAL}
-_ASCII_PATH_DROP = {c: None for c in range(128) if not 0x21 <= c <= 0x7E and c != 0x20}
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_ASCII_PATH_DROP: Final = {c: None for c in range(128) if not 0x21 <= c <= 0x7E and c != 0x20}
+_DAYS: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+                  "Dec")
 
-_NAME_LIMIT = 255  # octets: a domain name is never longer (RFC 5321 section 4.5.3.1.2)
-_PATH_LIMIT = 256  # octets: the longest forward-path (RFC 5321 section 4.5.3.1.3)
+_NAME_LIMIT: Final = 255  # octets: a domain name is never longer (RFC 5321 section 4.5.3.1.2)
+_PATH_LIMIT: Final = 256  # octets: the longest forward-path (RFC 5321 section 4.5.3.1.3)
 
 
 def with_protocol(*, esmtp: bool, tls: bool, auth: bool, utf8: bool) -> str:

@@ -14,14 +14,14 @@ import socket
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from ..protocol.reply import Reply
 from .stream import Stream
 
 Handler = Callable[[Stream], Awaitable[None]]
 
-log = logging.getLogger("postwright.net")
+log: Final = logging.getLogger("postwright.net")
 
 
 class Listener:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 
-_HIGH_WATER = 1 << 20  # pause reading when this much input is waiting for the session
+_HIGH_WATER: Final = 1 << 20  # pause reading when this much input is waiting for the session
 
 
 class Stream(asyncio.Protocol):
@@ -204,4 +204,4 @@ class _Unset:
     """Marks the TLS details as not looked up yet (None means: no TLS)."""
 
 
-_UNSET = _Unset()
+_UNSET: Final = _Unset()

@@ -14,18 +14,19 @@ that) nor apply rate limits, SPF or DNS blocklists.
 from __future__ import annotations
 
 import unicodedata
+from typing import Final
 
 from ..delivery.routing import Router
 from ..protocol.address import Mailbox
 from ..protocol.reply import Reply
 
-RELAY_DENIED = Reply(550, "5.7.1", "Relay access denied")
-ROUTING_DENIED = Reply(550, "5.7.1", "Routing in the local part is not accepted")
-LITERAL_DENIED = Reply(550, "5.7.1", "Address literals are not accepted")
+RELAY_DENIED: Final = Reply(550, "5.7.1", "Relay access denied")
+ROUTING_DENIED: Final = Reply(550, "5.7.1", "Routing in the local part is not accepted")
+LITERAL_DENIED: Final = Reply(550, "5.7.1", "Address literals are not accepted")
 
 # Characters that make some MTA treat a local part as a further route: "@" (from a quoted
 # local part), "%" (the percent hack) and "!" (UUCP bang paths).
-_ROUTING_CHARS = frozenset("@%!")
+_ROUTING_CHARS: Final = frozenset("@%!")
 
 
 def has_routing_chars(local_part: str) -> bool:

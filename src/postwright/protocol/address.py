@@ -21,29 +21,29 @@ from typing import Final, NoReturn
 
 import idna
 
-MAX_LOCAL_PART = 64
-MAX_DOMAIN = 255
-MAX_LABEL = 63
-MAX_PATH = 256  # octets between "<" and ">"
+MAX_LOCAL_PART: Final = 64
+MAX_DOMAIN: Final = 255
+MAX_LABEL: Final = 63
+MAX_PATH: Final = 256  # octets between "<" and ">"
 
-_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-_ATEXT = _ALNUM | frozenset("!#$%&'*+-/=?^_`{|}~")
-_LDH = _ALNUM | frozenset("-")
+_ALNUM: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_ATEXT: Final = _ALNUM | frozenset("!#$%&'*+-/=?^_`{|}~")
+_LDH: Final = _ALNUM | frozenset("-")
 # Non-ASCII characters refused even with SMTPUTF8: controls, surrogates, line separators.
-_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+_BAD_CATEGORIES: Final = frozenset({"Cc", "Cs", "Zl", "Zp"})
 # Runs of the ASCII characters the scanner accepts, matched in bulk rather than one at a
 # time: a local part (atext and dots), a domain (letters, digits, hyphens and dots), and a
 # whole ASCII Dot-string. Built from the sets above so the two cannot drift apart.
-_LOCAL_RUN = re.compile("[" + re.escape("".join(sorted(_ATEXT | {"."}))) + "]*")
-_DOMAIN_RUN = re.compile("[" + re.escape("".join(sorted(_LDH | {"."}))) + "]*")
-_ATOM = "[" + re.escape("".join(sorted(_ATEXT))) + "]+"
-_DOT_STRING = re.compile(f"{_ATOM}(?:\\.{_ATOM})*")
+_LOCAL_RUN: Final = re.compile("[" + re.escape("".join(sorted(_ATEXT | {"."}))) + "]*")
+_DOMAIN_RUN: Final = re.compile("[" + re.escape("".join(sorted(_LDH | {"."}))) + "]*")
+_ATOM: Final = "[" + re.escape("".join(sorted(_ATEXT))) + "]+"
+_DOT_STRING: Final = re.compile(f"{_ATOM}(?:\\.{_ATOM})*")
 # The path nearly every client sends: "<dot-string@ascii.domain>", then nothing or a space
 # and parameters. One regular expression decides it (labels of 1-63 letters, digits and
 # inner hyphens); lengths are checked after. Anything else goes through the scanner.
-_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_SIMPLE_PATH = re.compile(f" *<({_ATOM}(?:\\.{_ATOM})*)@({_LABEL}(?:\\.{_LABEL})*)>(?: (.*))?",
-                          re.DOTALL)
+_LABEL: Final = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_SIMPLE_PATH: Final = re.compile(
+    f" *<({_ATOM}(?:\\.{_ATOM})*)@({_LABEL}(?:\\.{_LABEL})*)>(?: (.*))?", re.DOTALL)
 
 
 class AddressError(ValueError):

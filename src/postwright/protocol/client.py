@@ -28,7 +28,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from .address import AddressError, Mailbox, parse_domain, parse_mailbox
@@ -39,14 +39,14 @@ from .reply import Reply
 __all__ = ["AUTH_RESPONSE", "END_OF_DATA", "GREETING", "MAX_REPLY_LINE", "MAX_REPLY_LINES",
            "ClientConnection", "ClientState", "ReplyEvent", "SentCommand"]
 
-MAX_REPLY_LINE = 2048  # octets of one reply line, line end included (RFC 5321 asks 512)
-MAX_REPLY_LINES = 100  # lines of one multi-line reply
-MAX_AUTH_LINE = 512  # an AUTH command with its initial response (RFC 4954 section 4)
-MAX_AUTH_RESPONSE = 12_288  # RFC 4954 section 4: what a server must accept
+MAX_REPLY_LINE: Final = 2048  # octets of one reply line, line end included (RFC 5321 asks 512)
+MAX_REPLY_LINES: Final = 100  # lines of one multi-line reply
+MAX_AUTH_LINE: Final = 512  # an AUTH command with its initial response (RFC 4954 section 4)
+MAX_AUTH_RESPONSE: Final = 12_288  # RFC 4954 section 4: what a server must accept
 
-GREETING = "GREETING"  # the verb the greeting "answers"
-END_OF_DATA = "."  # the verb of the line that ends a DATA body
-AUTH_RESPONSE = "AUTH-RESPONSE"  # the verb of a SASL line (its data is never recorded)
+GREETING: Final = "GREETING"  # the verb the greeting "answers"
+END_OF_DATA: Final = "."  # the verb of the line that ends a DATA body
+AUTH_RESPONSE: Final = "AUTH-RESPONSE"  # the verb of a SASL line (its data is never recorded)
 
 
 class ClientState(enum.Enum):
@@ -88,8 +88,8 @@ class _Rule:
     needs: str | None = None  # the extension the server must have advertised
 
 
-_TALK = frozenset({_S.CONNECTED, _S.READY, _S.MAIL, _S.RCPT, _S.BDAT, _S.FAILED})
-_RULES: dict[str, _Rule] = {
+_TALK: Final = frozenset({_S.CONNECTED, _S.READY, _S.MAIL, _S.RCPT, _S.BDAT, _S.FAILED})
+_RULES: Final[dict[str, _Rule]] = {
     "EHLO": _Rule(_TALK, last=True),
     "HELO": _Rule(_TALK, last=True),
     "MAIL": _Rule(frozenset({_S.READY}), then=_S.MAIL),
@@ -107,7 +107,7 @@ _RULES: dict[str, _Rule] = {
 
 # How a reply moves the state: (codes meaning success, state then, state otherwise); None
 # keeps the state. Verbs not listed never move it (RCPT, RSET, NOOP, end of data...).
-_ON_REPLY: dict[str, tuple[tuple[int, ...], ClientState | None, ClientState | None]] = {
+_ON_REPLY: Final[dict[str, tuple[tuple[int, ...], ClientState | None, ClientState | None]]] = {
     GREETING: ((220,), _S.CONNECTED, _S.CLOSED),
     "EHLO": ((250,), _S.READY, None),
     "HELO": ((250,), _S.READY, None),
@@ -121,26 +121,26 @@ _ON_REPLY: dict[str, tuple[tuple[int, ...], ClientState | None, ClientState | No
 }
 # Replies that only count while their transaction is the current one: a late refusal of an
 # old transaction must not disturb the one the caller has pipelined after it.
-_TRANSACTIONAL = frozenset({"MAIL", "DATA", "BDAT"})
+_TRANSACTIONAL: Final = frozenset({"MAIL", "DATA", "BDAT"})
 # Parameters whose extension is not named after them; the others need their own keyword.
-_PARAM_EXTENSION = {"BODY": "8BITMIME", "RET": "DSN", "ENVID": "DSN", "NOTIFY": "DSN",
+_PARAM_EXTENSION: Final = {"BODY": "8BITMIME", "RET": "DSN", "ENVID": "DSN", "NOTIFY": "DSN",
                     "ORCPT": "DSN"}
-_MAIL_KNOWN = frozenset({"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"})
-_RCPT_KNOWN = frozenset({"NOTIFY", "ORCPT"})
+_MAIL_KNOWN: Final = frozenset({"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"})
+_RCPT_KNOWN: Final = frozenset({"NOTIFY", "ORCPT"})
 
-_ENHANCED = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
-_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-_MECHANISM = re.compile(r"[A-Z0-9_-]{1,20}")  # RFC 4422 section 3.1 sasl-mech
-_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+_ENHANCED: Final = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
+_KEYWORD: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+_MECHANISM: Final = re.compile(r"[A-Z0-9_-]{1,20}")  # RFC 4422 section 3.1 sasl-mech
+_BASE64: Final = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 
-_OUT_OF_ORDER = Reply(451, "4.3.0", "Internal error: command out of sequence")
-_BAD_SENDER = Reply(553, "5.1.7", "Bad sender address syntax")
-_BAD_RECIPIENT = Reply(553, "5.1.3", "Bad recipient address syntax")
-_BAD_ARGUMENT = Reply(501, "5.5.4", "Invalid command argument")
-_NEEDS_UTF8 = Reply(553, "5.6.7", "Non-ASCII address or parameter and no SMTPUTF8")
-_NEEDS_8BIT = Reply(554, "5.6.3", "8-bit content and the server does not offer 8BITMIME")
-_BAD_CONTENT = Reply(554, "5.6.0", "Content has a bare CR or LF, or a NUL")
-_REMOTE = Reply(451, "4.5.0", "Remote protocol error")
+_OUT_OF_ORDER: Final = Reply(451, "4.3.0", "Internal error: command out of sequence")
+_BAD_SENDER: Final = Reply(553, "5.1.7", "Bad sender address syntax")
+_BAD_RECIPIENT: Final = Reply(553, "5.1.3", "Bad recipient address syntax")
+_BAD_ARGUMENT: Final = Reply(501, "5.5.4", "Invalid command argument")
+_NEEDS_UTF8: Final = Reply(553, "5.6.7", "Non-ASCII address or parameter and no SMTPUTF8")
+_NEEDS_8BIT: Final = Reply(554, "5.6.3", "8-bit content and the server does not offer 8BITMIME")
+_BAD_CONTENT: Final = Reply(554, "5.6.0", "Content has a bare CR or LF, or a NUL")
+_REMOTE: Final = Reply(451, "4.5.0", "Remote protocol error")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,12 @@ Standard library only; no I/O.
 
 from __future__ import annotations
 
-_TERMINATOR = b"\r\n.\r\n"
-_DOT_LINE = b"\r\n."  # a line that starts with a dot: stuffed, or the terminator
+from typing import Final
+
+_TERMINATOR: Final = b"\r\n.\r\n"
+_DOT_LINE: Final = b"\r\n."  # a line that starts with a dot: stuffed, or the terminator
 # Prefixes of the terminator that may sit at the end of a buffer, longest first.
-_PREFIXES = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
+_PREFIXES: Final = (b"\r\n.\r", b"\r\n.", b"\r\n", b"\r")
 
 
 class DataDecoder:

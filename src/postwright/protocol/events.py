@@ -20,8 +20,8 @@ class Sentinel(enum.Enum):
     PAUSED = "PAUSED"  # the core waits for the reply to the last event
 
 
-NEED_DATA = Sentinel.NEED_DATA
-PAUSED = Sentinel.PAUSED
+NEED_DATA: Final = Sentinel.NEED_DATA
+PAUSED: Final = Sentinel.PAUSED
 
 
 class Event:

@@ -20,15 +20,15 @@ from typing import Final
 
 from .reply import Reply
 
-_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-_DIGITS = frozenset("0123456789")
-_UPPER_HEX = frozenset("0123456789ABCDEF")
+_ALNUM: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_DIGITS: Final = frozenset("0123456789")
+_UPPER_HEX: Final = frozenset("0123456789ABCDEF")
 # RFC 822 specials; an addr-type atom is printable ASCII without these.
-_SPECIALS = frozenset('()<>@,;:\\".[]')
-_NOTIFY_WORDS = ("SUCCESS", "FAILURE", "DELAY")
-_BODY_TYPES = ("7BIT", "8BITMIME", "BINARYMIME")
-MAX_ENVID = 100
-MAX_ORCPT = 500
+_SPECIALS: Final = frozenset('()<>@,;:\\".[]')
+_NOTIFY_WORDS: Final = ("SUCCESS", "FAILURE", "DELAY")
+_BODY_TYPES: Final = ("7BIT", "8BITMIME", "BINARYMIME")
+MAX_ENVID: Final = 100
+MAX_ORCPT: Final = 500
 
 
 class ParamError(ValueError):

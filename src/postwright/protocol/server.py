@@ -17,6 +17,7 @@ import enum
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from ..errors import LocalProtocolError
 from .address import AddressError, Path, parse_path
@@ -86,8 +87,8 @@ class _Spec:
     )
 
 
-_TALKING = frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT})
-_GREETED = frozenset({State.READY, State.MAIL, State.RCPT})
+_TALKING: Final = frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT})
+_GREETED: Final = frozenset({State.READY, State.MAIL, State.RCPT})
 
 
 def _mail_order(state: State) -> Reply:
@@ -110,7 +111,7 @@ def _needs_hello(state: State) -> Reply:
     return Reply(503, "5.5.1", "Send EHLO first")
 
 
-_COMMANDS: dict[str, _Spec] = {
+_COMMANDS: Final[dict[str, _Spec]] = {
     "EHLO": _Spec(_TALKING, "_p_hello", must_be_last=True, before_tls=True),
     "HELO": _Spec(_TALKING, "_p_hello", must_be_last=True, before_tls=True),
     "MAIL": _Spec(frozenset({State.READY}), "_p_mail", wrong_state=_mail_order),
@@ -133,19 +134,19 @@ _COMMANDS: dict[str, _Spec] = {
 }
 
 # What a positive reply to a command moves the state to; None keeps the state.
-_ON_POSITIVE: dict[str, State | None] = {
+_ON_POSITIVE: Final[dict[str, State | None]] = {
     "EHLO": State.READY, "HELO": State.READY, "MAIL": State.MAIL, "RCPT": State.RCPT,
     "DATA": State.DATA, "RSET": None, "NOOP": None, "VRFY": None, "EXPN": None,
     "HELP": None, "QUIT": State.CLOSED, "STARTTLS": State.TLS_PENDING, "AUTH": State.READY,
 }
 # The positive codes each command expects (anything else leaves the state alone); 250 when
 # not listed. RCPT may also be accepted with 251 (RFC 5321 section 4.3.2).
-_POSITIVE_CODE: dict[str, tuple[int, ...]] = {
+_POSITIVE_CODE: Final[dict[str, tuple[int, ...]]] = {
     "DATA": (354,), "QUIT": (221,), "STARTTLS": (220,), "AUTH": (235,), "RCPT": (250, 251),
 }
 
-_SYNC_ERROR = Reply(554, "5.5.0", "SMTP synchronization error")
-_TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+_SYNC_ERROR: Final = Reply(554, "5.5.0", "SMTP synchronization error")
+_TOO_MANY_ERRORS: Final = Reply(421, "4.7.0", "Too many errors, closing connection")
 
 
 class ServerConnection:

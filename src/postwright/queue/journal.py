@@ -26,15 +26,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import Final
 
 from ..durable import fsync_dir as fsync_dir  # used by the store and recovery too
 from ..durable import write_all
 
-MAGIC = b"\x8fPWJ"
-_HEADER = struct.Struct(">4sBII")
-HEADER_SIZE = _HEADER.size  # 13
-MAX_PAYLOAD = 1 << 30
-_READ_CHUNK = 1 << 20
+MAGIC: Final = b"\x8fPWJ"
+_HEADER: Final = struct.Struct(">4sBII")
+HEADER_SIZE: Final = _HEADER.size  # 13
+MAX_PAYLOAD: Final = 1 << 30
+_READ_CHUNK: Final = 1 << 20
 
 
 class RecordType(IntEnum):
@@ -45,7 +46,7 @@ class RecordType(IntEnum):
     RELEASE = 5
 
 
-_TYPES = frozenset(int(t) for t in RecordType)
+_TYPES: Final = frozenset(int(t) for t in RecordType)
 
 # What an append returns: (segment, offset of the first record, whether a segment started).
 AppendResult = tuple[int, int, bool]

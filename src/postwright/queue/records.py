@@ -26,10 +26,10 @@ from ..envelope import Envelope, Recipient
 from .journal import RecordType
 from .journal import encode as frame
 
-FINAL = frozenset({"delivered", "failed"})
-STATUSES = frozenset({"pending", "deferred"}) | FINAL
-_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
-_LENGTH = struct.Struct(">I")
+FINAL: Final = frozenset({"delivered", "failed"})
+STATUSES: Final = frozenset({"pending", "deferred"}) | FINAL
+_ID: Final = re.compile(r"[0-9A-Za-z_-]{1,64}")
+_LENGTH: Final = struct.Struct(">I")
 
 
 def rfc3339(when: float) -> str:
@@ -146,7 +146,7 @@ class RecoveryReport:
         }
 
 
-_NO_UPDATES: Mapping[int, RecipientState] = MappingProxyType({})
+_NO_UPDATES: Final[Mapping[int, RecipientState]] = MappingProxyType({})
 
 
 @dataclass(init=False, slots=True)

@@ -25,7 +25,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final
 
 from ..envelope import Envelope
 from ..errors import QueueError
@@ -45,13 +45,13 @@ from .records import (
 from .schedule import RetrySchedule
 from .syncer import Syncer, SyncerGone
 
-_MAX_BATCH_RECORDS = 1024
-_MAX_BATCH_BYTES = 4 * 1024 * 1024
-_RECENT_BYTES = 16 * 1024 * 1024  # small bodies kept in memory between commit and delivery
-_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: ASCII order = numeric order
+_MAX_BATCH_RECORDS: Final = 1024
+_MAX_BATCH_BYTES: Final = 4 * 1024 * 1024
+_RECENT_BYTES: Final = 16 * 1024 * 1024  # small bodies kept in memory between commit and delivery
+_ALPHABET: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: ASCII order = value
 # Every pair of digits: an 80-bit id is 8 table look-ups rather than 16 shifts and masks.
-_DIGIT_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
-_RANDOM_BLOCK = 128  # random id starts fetched per os.urandom call
+_DIGIT_PAIRS: Final = [a + b for a in _ALPHABET for b in _ALPHABET]
+_RANDOM_BLOCK: Final = 128  # random id starts fetched per os.urandom call
 
 
 class _Pending:

@@ -15,7 +15,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Final, Protocol
 
 from ..delivery.routing import Router
 from ..envelope import Envelope, Recipient
@@ -47,7 +47,7 @@ from ..protocol.reply import Reply
 from ..protocol.server import ServerConnection, ServerSettings
 from ..queue import BodyWriter, QueueStore
 
-log = logging.getLogger("postwright.smtpd")
+log: Final = logging.getLogger("postwright.smtpd")
 
 
 class Authenticator(Protocol):
@@ -121,11 +121,11 @@ class AuthChecks:
 
 
 # Replies sent on every transaction, made once: a Reply keeps its rendered bytes.
-_OK = Reply(250, "2.0.0", "Ok")
-_SENDER_OK = Reply(250, "2.1.0", "Sender ok")
-_RECIPIENT_OK = Reply(250, "2.1.5", "Recipient ok")
-_GO_AHEAD = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
-_BYE = Reply(221, "2.0.0", "Bye")
+_OK: Final = Reply(250, "2.0.0", "Ok")
+_SENDER_OK: Final = Reply(250, "2.1.0", "Sender ok")
+_RECIPIENT_OK: Final = Reply(250, "2.1.5", "Recipient ok")
+_GO_AHEAD: Final = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+_BYE: Final = Reply(221, "2.0.0", "Bye")
 
 
 @functools.lru_cache(maxsize=16)
