@@ -9,6 +9,7 @@ order, so that SIGTERM ends with nothing half-done.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import ipaddress
 import logging
@@ -166,12 +167,9 @@ class App:
                                                   "reason": str(exc)})
 
     def _handler(self, role: Role) -> Callable[[Stream], Awaitable[None]]:
-        services = self.services
-
-        async def handle(stream: Stream) -> None:
-            await serve_connection(stream, role, services)
-
-        return handle
+        # A partial rather than a coroutine of this (interpreted) module: every wake-up of
+        # a session would pass through that coroutine's frame.
+        return functools.partial(serve_connection, role=role, services=self.services)
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -82,27 +82,28 @@ class ReplyEvent(Event):
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
-    states: frozenset[ClientState]  # where the caller may issue the command
+    states: tuple[ClientState, ...]  # where the caller may issue the command (a tuple:
+    # membership compares identities, where a frozenset would call Enum.__hash__)
     last: bool = False  # RFC 2920 section 3.1: nothing may follow it before its reply
     then: ClientState | None = None  # the state once it is sent (None: unchanged)
     needs: str | None = None  # the extension the server must have advertised
 
 
-_TALK: Final = frozenset({_S.CONNECTED, _S.READY, _S.MAIL, _S.RCPT, _S.BDAT, _S.FAILED})
+_TALK: Final = (_S.CONNECTED, _S.READY, _S.MAIL, _S.RCPT, _S.BDAT, _S.FAILED)
 _RULES: Final[dict[str, _Rule]] = {
     "EHLO": _Rule(_TALK, last=True),
     "HELO": _Rule(_TALK, last=True),
-    "MAIL": _Rule(frozenset({_S.READY}), then=_S.MAIL),
-    "RCPT": _Rule(frozenset({_S.MAIL, _S.RCPT}), then=_S.RCPT),
-    "DATA": _Rule(frozenset({_S.RCPT}), last=True),
-    "BDAT": _Rule(frozenset({_S.RCPT, _S.BDAT}), then=_S.BDAT, needs="CHUNKING"),
-    END_OF_DATA: _Rule(frozenset({_S.DATA}), then=_S.READY),
+    "MAIL": _Rule((_S.READY,), then=_S.MAIL),
+    "RCPT": _Rule((_S.MAIL, _S.RCPT), then=_S.RCPT),
+    "DATA": _Rule((_S.RCPT,), last=True),
+    "BDAT": _Rule((_S.RCPT, _S.BDAT), then=_S.BDAT, needs="CHUNKING"),
+    END_OF_DATA: _Rule((_S.DATA,), then=_S.READY),
     "RSET": _Rule(_TALK, then=_S.READY),
     "NOOP": _Rule(_TALK, last=True),
     "QUIT": _Rule(_TALK, last=True),
-    "STARTTLS": _Rule(frozenset({_S.READY}), last=True, needs="STARTTLS"),
-    "AUTH": _Rule(frozenset({_S.READY}), last=True, needs="AUTH"),
-    AUTH_RESPONSE: _Rule(frozenset({_S.AUTH}), last=True),
+    "STARTTLS": _Rule((_S.READY,), last=True, needs="STARTTLS"),
+    "AUTH": _Rule((_S.READY,), last=True, needs="AUTH"),
+    AUTH_RESPONSE: _Rule((_S.AUTH,), last=True),
 }
 
 # How a reply moves the state: (codes meaning success, state then, state otherwise); None

@@ -31,7 +31,8 @@ class Event:
 
 
 # One event a command or a piece of content: Final fields and an __init__ of their own
-# rather than frozen=True (see protocol.address).
+# rather than frozen=True (see protocol.address). Subclasses call Command.__init__ by name:
+# slots=True makes a new class, which a bare super() inside it does not know.
 @dataclass(init=False, unsafe_hash=True, slots=True)
 class Command(Event):
     """A well-formed command in a state that allows it; ``verb`` is upper case."""
@@ -50,7 +51,7 @@ class Hello(Command):
     esmtp: Final[bool]
 
     def __init__(self, verb: str, arg: str, domain: str, esmtp: bool) -> None:
-        super().__init__(verb, arg)
+        Command.__init__(self, verb, arg)
         self.domain = domain
         self.esmtp = esmtp
 
@@ -61,7 +62,7 @@ class Mail(Command):
     params: Final[MailParams]
 
     def __init__(self, verb: str, arg: str, path: Path, params: MailParams) -> None:
-        super().__init__(verb, arg)
+        Command.__init__(self, verb, arg)
         self.path = path
         self.params = params
 
@@ -72,7 +73,7 @@ class Rcpt(Command):
     params: Final[RcptParams]
 
     def __init__(self, verb: str, arg: str, path: Path, params: RcptParams) -> None:
-        super().__init__(verb, arg)
+        Command.__init__(self, verb, arg)
         self.path = path
         self.params = params
 
@@ -83,7 +84,7 @@ class Auth(Command):
     initial: Final[str | None]  # initial response as sent ("=" means empty), None if absent
 
     def __init__(self, verb: str, arg: str, mechanism: str, initial: str | None) -> None:
-        super().__init__(verb, arg)
+        Command.__init__(self, verb, arg)
         self.mechanism = mechanism
         self.initial = initial
 

@@ -78,8 +78,8 @@ class ServerSettings:
 
 @dataclass(frozen=True, slots=True)
 class _Spec:
-    states: frozenset[State]
-    parse: str  # name of the parsing method
+    states: tuple[State, ...]
+    parse: Callable[[ServerConnection, str, str], Event | Sentinel]
     must_be_last: bool = False  # RFC 2920 section 3.1
     before_tls: bool = False  # allowed while TLS is required but not active
     wrong_state: Callable[[State], Reply] = field(
@@ -87,8 +87,9 @@ class _Spec:
     )
 
 
-_TALKING: Final = frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT})
-_GREETED: Final = frozenset({State.READY, State.MAIL, State.RCPT})
+# Tuples, not frozensets: a frozenset hashes the state, and Enum.__hash__ is a Python
+# function; a tuple compares identities.
+_TALKING: Final = (State.CONNECTED, State.READY, State.MAIL, State.RCPT)
 
 
 def _mail_order(state: State) -> Reply:
@@ -111,27 +112,6 @@ def _needs_hello(state: State) -> Reply:
     return Reply(503, "5.5.1", "Send EHLO first")
 
 
-_COMMANDS: Final[dict[str, _Spec]] = {
-    "EHLO": _Spec(_TALKING, "_p_hello", must_be_last=True, before_tls=True),
-    "HELO": _Spec(_TALKING, "_p_hello", must_be_last=True, before_tls=True),
-    "MAIL": _Spec(frozenset({State.READY}), "_p_mail", wrong_state=_mail_order),
-    "RCPT": _Spec(frozenset({State.MAIL, State.RCPT}), "_p_rcpt", wrong_state=_rcpt_order),
-    "DATA": _Spec(frozenset({State.RCPT}), "_p_noarg", must_be_last=True,
-                  wrong_state=_data_order),
-    "BDAT": _Spec(frozenset({State.RCPT}), "_p_bdat", wrong_state=_data_order),
-    "RSET": _Spec(_TALKING, "_p_noarg", before_tls=True),
-    "NOOP": _Spec(_TALKING, "_p_any", must_be_last=True, before_tls=True),
-    "QUIT": _Spec(_TALKING, "_p_noarg", must_be_last=True, before_tls=True),
-    "VRFY": _Spec(_TALKING, "_p_required", must_be_last=True),
-    "EXPN": _Spec(_TALKING, "_p_required", must_be_last=True),
-    "HELP": _Spec(_TALKING, "_p_any", before_tls=True),
-    "STARTTLS": _Spec(frozenset({State.READY}), "_p_starttls", must_be_last=True,
-                      before_tls=True, wrong_state=_needs_hello),
-    # AUTH passes the STARTTLS gate so that it gets its own answer, 538 5.7.11 (RFC 4954).
-    "AUTH": _Spec(frozenset({State.READY}), "_p_auth", must_be_last=True, before_tls=True,
-                  wrong_state=lambda s: Reply(503, "5.5.1", "AUTH not allowed now")
-                  if s is not State.CONNECTED else _needs_hello(s)),
-}
 
 # What a positive reply to a command moves the state to; None keeps the state.
 _ON_POSITIVE: Final[dict[str, State | None]] = {
@@ -433,8 +413,7 @@ class ServerConnection:
             if verb == "BDAT":
                 return self._p_bdat(verb, arg, skip=True)
             return self._bad(spec.wrong_state(self.state), f"{verb} in {self.state.value}")
-        parser: Callable[[str, str], Event | Sentinel] = getattr(self, spec.parse)
-        return parser(verb, arg)
+        return spec.parse(self, verb, arg)
 
     # ---- command parsers (each returns the event to issue) -----------------------------
     def _p_any(self, verb: str, arg: str) -> Event:
@@ -594,6 +573,31 @@ class ServerConnection:
         if not clean:
             return Reply(550, "5.6.0", "Bare CR or LF, or NUL, in message content")
         return None
+
+
+# The command table (after the class, whose parsing methods it names).
+_COMMANDS: Final[dict[str, _Spec]] = {
+    "EHLO": _Spec(_TALKING, ServerConnection._p_hello, must_be_last=True, before_tls=True),
+    "HELO": _Spec(_TALKING, ServerConnection._p_hello, must_be_last=True, before_tls=True),
+    "MAIL": _Spec((State.READY,), ServerConnection._p_mail, wrong_state=_mail_order),
+    "RCPT": _Spec((State.MAIL, State.RCPT), ServerConnection._p_rcpt,
+                  wrong_state=_rcpt_order),
+    "DATA": _Spec((State.RCPT,), ServerConnection._p_noarg, must_be_last=True,
+                  wrong_state=_data_order),
+    "BDAT": _Spec((State.RCPT,), ServerConnection._p_bdat, wrong_state=_data_order),
+    "RSET": _Spec(_TALKING, ServerConnection._p_noarg, before_tls=True),
+    "NOOP": _Spec(_TALKING, ServerConnection._p_any, must_be_last=True, before_tls=True),
+    "QUIT": _Spec(_TALKING, ServerConnection._p_noarg, must_be_last=True, before_tls=True),
+    "VRFY": _Spec(_TALKING, ServerConnection._p_required, must_be_last=True),
+    "EXPN": _Spec(_TALKING, ServerConnection._p_required, must_be_last=True),
+    "HELP": _Spec(_TALKING, ServerConnection._p_any, before_tls=True),
+    "STARTTLS": _Spec((State.READY,), ServerConnection._p_starttls, must_be_last=True,
+                      before_tls=True, wrong_state=_needs_hello),
+    # AUTH passes the STARTTLS gate so that it gets its own answer, 538 5.7.11 (RFC 4954).
+    "AUTH": _Spec((State.READY,), ServerConnection._p_auth, must_be_last=True, before_tls=True,
+                  wrong_state=lambda s: Reply(503, "5.5.1", "AUTH not allowed now")
+                  if s is not State.CONNECTED else _needs_hello(s)),
+}
 
 
 # The EHLO reply is the longest one, and the same for every client that gives the same
