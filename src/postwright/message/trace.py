@@ -31,10 +31,11 @@ _STRUCTURAL: Final = frozenset("()\\;<> \t")
 # and non-ASCII spaces.
 _BAD_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
 
-# For ASCII text (nearly every name), the same filters as translate() tables.
-_ASCII_TOKEN_DROP: Final = {c: None for c in range(128)
-                     if not 0x21 <= c <= 0x7E or chr(c) in _STRUCTURAL}
-_ASCII_PATH_DROP: Final = {c: None for c in range(128) if not 0x21 <= c <= 0x7E and c != 0x20}
+# For ASCII text (nearly every name), the same filters as the bytes bytes.translate deletes:
+# str.translate with a dict raises and catches a KeyError for every character it keeps.
+_ASCII_TOKEN_DROP: Final = bytes(c for c in range(128)
+                                 if not 0x21 <= c <= 0x7E or chr(c) in _STRUCTURAL)
+_ASCII_PATH_DROP: Final = bytes(c for c in range(128) if not 0x21 <= c <= 0x7E and c != 0x20)
 _DAYS: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
                   "Dec")
@@ -145,7 +146,7 @@ def _clip(text: str, limit: int) -> str:
 def _token(text: str, *, utf8: bool, limit: int) -> str:
     """A name with everything but visible characters dropped, structure characters too."""
     if text.isascii():
-        return text.translate(_ASCII_TOKEN_DROP)[:limit]
+        return text.encode("ascii").translate(None, _ASCII_TOKEN_DROP)[:limit].decode("ascii")
     kept = "".join(ch for ch in text if _allowed(ch, utf8=utf8) and ch not in _STRUCTURAL)
     return _clip(kept, limit)
 
@@ -164,7 +165,8 @@ def _path_text(text: str, *, utf8: bool) -> str:
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
     if text.isascii():
-        return text.translate(_ASCII_PATH_DROP)[:_PATH_LIMIT]
+        ascii_kept = text.encode("ascii").translate(None, _ASCII_PATH_DROP)
+        return ascii_kept[:_PATH_LIMIT].decode("ascii")
     kept = "".join(ch for ch in text if ch == " " or _allowed(ch, utf8=utf8))
     return _clip(kept, _PATH_LIMIT)
 

@@ -32,7 +32,7 @@ class LineEndChecker:
             self.bare_lf = True
         if data.count(b"\r") - crlf - trail_cr > 0:
             self.bare_cr = True
-        if b"\0" in data:
+        if data.find(b"\0") >= 0:  # not "in": see dotstuff._scan
             self.nul = True
         self._pending_cr = bool(trail_cr)
 

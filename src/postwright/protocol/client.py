@@ -473,7 +473,7 @@ class ClientConnection:
 
     def _check_content(self, body: bytes) -> None:
         crlf = body.count(b"\r\n")
-        if body.count(b"\r") != crlf or body.count(b"\n") != crlf or b"\0" in body:
+        if body.count(b"\r") != crlf or body.count(b"\n") != crlf or body.find(b"\0") >= 0:
             raise LocalProtocolError(_BAD_CONTENT, "bare CR or LF, or NUL, in content")
         if not body.isascii() and "8BITMIME" not in self.extensions:
             raise LocalProtocolError(_NEEDS_8BIT, "8-bit content without 8BITMIME")

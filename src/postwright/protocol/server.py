@@ -384,7 +384,7 @@ class ServerConnection:
         if not raw.endswith(b"\r\n"):
             return self._bad(Reply(500, "5.5.2", "Bare LF in command line"), "bare LF")
         body = raw[:-2]
-        if b"\r" in body or b"\0" in body:
+        if body.find(b"\r") >= 0 or body.find(b"\0") >= 0:  # not "in": see dotstuff._scan
             return self._bad(Reply(500, "5.5.2", "Invalid character in command"), "bad char")
         try:
             text = body.decode("utf-8")
