@@ -138,6 +138,7 @@ class Server:
             + extra
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        self.preexec: Callable[[], None] | None = None  # run in the server's process first
         self._users: tuple[tuple[str, str], ...] = ()
         self.log_lines: list[dict[str, object]] = []
         self._reader: threading.Thread | None = None
@@ -180,7 +181,7 @@ class Server:
         _STARTED.append(self)
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--config", str(self.config)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=self.preexec,
         )
         ready = threading.Event()
 

@@ -286,6 +286,25 @@ def test_pipelined_group_gets_replies_in_order(server: Server) -> None:
     assert sorted(b"<piped@example.org>" in f.read_bytes() for f in files) == [False, True]
 
 
+@pytest.mark.parametrize("then", [b"QUIT\r\n", b""])
+def test_end_of_input_right_behind_the_end_of_data_still_gets_the_replies(
+        server: Server, then: bytes) -> None:
+    """The client half-closes with the end of data (and a QUIT) still on their way: the
+    message is committed, and its 250 (then the 221) goes out before the server closes."""
+    with server.raw() as client:
+        client.send(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{ALICE}>\r\nDATA\r\n")
+        assert [client.reply()[0] for _ in range(3)] == [250, 250, 354]
+        client.send(dot_stuff(message("half-closed")) + b".\r\n" + then)
+        client.sock.shutdown(socket.SHUT_WR)
+        code, text = client.reply()
+        assert code == 250, text
+        if then:
+            assert client.reply()[0] == 221
+        assert client.at_eof()
+    [path] = server.wait_messages(ALICE, 1)
+    assert b"<half-closed@example.org>" in path.read_bytes()
+
+
 def test_session_sent_one_byte_at_a_time(server: Server) -> None:
     groups = [  # a pipelined group ends with a command that must be last (RFC 2920)
         (b"EHLO bytes.example.org\r\n", [250]),

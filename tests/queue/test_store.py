@@ -119,6 +119,42 @@ def test_concurrent_commits_share_syncs(stores: Stores) -> None:
     store.close()
 
 
+def test_commit_soon_tells_its_callback_once_the_message_is_durable(stores: Stores) -> None:
+    store = stores(spill_threshold=4096)
+    store.open()
+    told: list[tuple[str, QueueError | None, bool]] = []
+
+    def done(qid: str, error: QueueError | None) -> None:
+        told.append((qid, error, qid in store.ids()))
+
+    async def main() -> tuple[list[str], bool]:
+        started = []
+        for i in range(50):
+            writer = store.new_body()
+            writer.write(f"message {i}\r\n".encode())
+            assert store.commit_soon(writer, envelope(), now=1000.0 + i, done=done)
+            started.append(len(told))
+        assert started == [0] * 50  # nothing is told before the sync
+        big = store.new_body()
+        big.write(b"x" * 10_000)  # spilled to a file of its own: commit() is for that one
+        spilled = store.commit_soon(big, envelope(), now=2000.0, done=done)
+        await store.commit(big, envelope(), now=2000.0)
+        while len(told) < 50:
+            await asyncio.sleep(0.01)
+        return [qid for qid, _error, _known in told], spilled
+
+    ids, spilled = asyncio.run(main())
+    assert not spilled
+    assert all(error is None and known for _qid, error, known in told)  # applied when told
+    assert len(set(ids)) == 50 and ids == sorted(ids)  # in the order committed
+    assert store.stats.syncs < 50
+    store.close()
+    again = stores()
+    again.open()
+    assert [read(again, qid) for qid in ids] == [f"message {i}\r\n".encode() for i in range(50)]
+    assert len(again.ids()) == 51
+
+
 def test_commit_window_gathers_sequential_arrivals(stores: Stores) -> None:
     store = stores(commit_window=0.05)
     store.open()

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from postwright.queue import QueueStore
 
 CHILD_PRELUDE = """
@@ -70,6 +72,16 @@ store.open()
 async def one(i):
     writer = store.new_body()
     writer.write(body(i))
+    if sys.argv[2] == "soon":  # the callback way (what a session uses for small messages)
+        told = asyncio.get_running_loop().create_future()
+        store.commit_soon(writer, ENV, now=1000.0 + i,
+                          done=lambda qid, error: told.set_result((qid, error)))
+        qid, error = await told
+        if error is not None:
+            say("failed", i, type(error).__name__)
+        else:
+            say("committed", i, qid)
+        return
     try:
         qid = await store.commit(writer, ENV, now=1000.0 + i)
     except Exception as exc:
@@ -150,9 +162,10 @@ def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
         store.close()
 
 
-def test_failed_writes_are_reported_and_never_half_kept(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["await", "soon"])
+def test_failed_writes_are_reported_and_never_half_kept(tmp_path: Path, how: str) -> None:
     root = tmp_path / "q"
-    done = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(root)],
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(root), how],
                           stdout=subprocess.PIPE, env=child_env(), timeout=60, check=True)
     ok: dict[str, int] = {}
     failed = 0

@@ -61,8 +61,11 @@ class Stream(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._eof = True
-        self._wake()
-        return False
+        self.wake()
+        # Half-closed by the client (its QUIT, or its end of data, may still be waiting for
+        # an answer): keep our side open, so the replies still go out; the session closes
+        # the connection once it has answered everything. TLS cannot half-close.
+        return self.tls is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
@@ -71,7 +74,7 @@ class Stream(asyncio.Protocol):
             self._timer = None
         if not self._closed.done():
             self._closed.set_result(None)
-        self._wake()
+        self.wake()
 
     # ---- for the session ---------------------------------------------------------------
     def attach(self, sink: Callable[[bytes], None]) -> None:
@@ -194,7 +197,8 @@ class Stream(asyncio.Protocol):
         self.transport = new
         self._tls = _UNSET
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """End the session's current wait, if any (as input would)."""
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(True)

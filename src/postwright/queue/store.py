@@ -21,8 +21,9 @@ import asyncio
 import contextlib
 import fcntl
 import io
+import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -54,15 +55,41 @@ _DIGIT_PAIRS: Final = [a + b for a in _ALPHABET for b in _ALPHABET]
 _RANDOM_BLOCK: Final = 128  # random id starts fetched per os.urandom call
 
 
-class _Pending:
-    __slots__ = ("data", "op", "future", "body_dir")
+log: Final = logging.getLogger("postwright.queue")
 
-    def __init__(self, data: bytes, op: Op, future: asyncio.Future[None],
-                 body_dir: bool) -> None:
+# Told once a record is durable and applied (None) or will not be (the error).
+Settled = Callable[[QueueError | None], None]
+
+
+class _Pending:
+    """One record on its way to the journal, and who waits for it: a future (an awaiting
+    task) or a callback, called straight from the loop callback that learns the outcome."""
+
+    __slots__ = ("data", "op", "future", "callback", "body_dir")
+
+    def __init__(self, data: bytes, op: Op, future: asyncio.Future[None] | None,
+                 callback: Settled | None, body_dir: bool) -> None:
         self.data = data
         self.op = op
         self.future = future
+        self.callback = callback
         self.body_dir = body_dir
+
+    def settle(self, error: QueueError | None) -> None:
+        callback = self.callback
+        if callback is not None:
+            self.callback = None
+            try:
+                callback(error)
+            except Exception:  # never let one waiter stop the others being settled
+                log.exception("queue commit callback failed", extra={"event": "error"})
+            return
+        future = self.future
+        if future is not None and not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
 
 
 class _Slot:
@@ -321,13 +348,7 @@ class QueueStore:
                 body.abandon()
                 raise QueueError(f"saving the body failed: {exc}") from exc
             self.stats.body_syncs += 1
-        msg = QueuedMessage(qid, envelope, body.size, now, False,
-                            [RecipientState(r, "pending", 0, now, None)
-                             for r in envelope.recipients])
-        op = Op(RecordType.MESSAGE, qid, message=msg, body_file=inline is None,
-                crc=body.crc if inline is None else None)
-        if inline is not None:  # kept before the record is applied: delivery may start then
-            self._keep_recent(qid, inline)
+        op = self._message_op(qid, body, envelope, now, inline)
         try:
             await self._submit(op, inline or b"", body_dir=inline is None)
         except QueueError:
@@ -335,6 +356,46 @@ class QueueStore:
             body.abandon()
             raise
         return qid
+
+    def commit_soon(self, body: BodyWriter, envelope: Envelope, *, now: float,
+                    done: Callable[[str, QueueError | None], None]) -> bool:
+        """:meth:`commit` without waiting, for a body kept in memory; False (nothing done)
+        for one in a file of its own, which needs :meth:`commit`.
+
+        ``done(qid, None)`` is called once the message is on stable storage, or
+        ``done(qid, error)`` if it will not be, straight from the event-loop callback that
+        reads the sync process's answer: a reply can leave in that same loop turn, where an
+        awaiting task would run one turn later. QueueError here for a body that cannot be
+        committed (nothing is queued then).
+        """
+        self._writable()
+        if not envelope.recipients:
+            raise QueueError("a message needs at least one recipient")
+        if body.spilled:
+            return False
+        inline = body.take_inline()
+        assert inline is not None
+        qid = self._new_id(now)
+        op = self._message_op(qid, body, envelope, now, inline)
+
+        def settled(error: QueueError | None) -> None:
+            if error is not None:
+                self._forget_recent(qid)
+                body.abandon()
+            done(qid, error)
+
+        self._enqueue(op, inline, callback=settled)
+        return True
+
+    def _message_op(self, qid: str, body: BodyWriter, envelope: Envelope, now: float,
+                    inline: bytes | None) -> Op:
+        msg = QueuedMessage(qid, envelope, body.size, now, False,
+                            [RecipientState(r, "pending", 0, now, None)
+                             for r in envelope.recipients])
+        if inline is not None:  # kept before the record is applied: delivery may start then
+            self._keep_recent(qid, inline)
+        return Op(RecordType.MESSAGE, qid, message=msg, body_file=inline is None,
+                  crc=body.crc if inline is None else None)
 
     def _new_id(self, now: float) -> str:
         ms = max(int(now * 1000), 0)
@@ -372,14 +433,18 @@ class QueueStore:
     # ---- group commit -----------------------------------------------------------------
     async def _submit(self, op: Op, body: bytes = b"", *, body_dir: bool = False) -> None:
         """Hand one record to the flusher and wait until it is durable and applied."""
-        await self._enqueue(op, body, body_dir=body_dir)
+        future = self._enqueue(op, body, body_dir=body_dir)
+        assert future is not None
+        await future
 
-    def _enqueue(self, op: Op, body: bytes = b"", *, body_dir: bool = False
-                 ) -> asyncio.Future[None]:
-        """Hand one record to the flusher; the future is done once it is durable and applied."""
+    def _enqueue(self, op: Op, body: bytes = b"", *, body_dir: bool = False,
+                 callback: Settled | None = None) -> asyncio.Future[None] | None:
+        """Hand one record to the flusher. Without a callback: the future returned is done
+        once it is durable and applied; with one, that is called instead (no future)."""
         loop = self._running_loop()
         data, op = encode(op, body)
-        item = _Pending(data, op, loop.create_future(), body_dir)
+        item = _Pending(data, op, None if callback is not None else loop.create_future(),
+                        callback, body_dir)
         self._pending.append(item)
         if not self._send_scheduled:
             self._send_scheduled = True
@@ -500,8 +565,7 @@ class QueueStore:
             for p in batch:
                 self._index.apply(p.op, segment, offset, len(p.data))
                 offset += len(p.data)
-                if not p.future.done():
-                    p.future.set_result(None)
+                p.settle(None)
         del self._in_flight[:done]
         if rotated or self._index.dirty:
             self._schedule_maintenance()
@@ -591,7 +655,9 @@ class QueueStore:
                     errors[n] = exc
                     continue
                 if op is not None:
-                    waits.append(self._enqueue(op))
+                    wait = self._enqueue(op)
+                    assert wait is not None
+                    waits.append(wait)
                     if op.rtype == RecordType.REMOVE:
                         removed.append(entry)
             for wait in waits:
@@ -768,8 +834,7 @@ def _fail(batch: list[_Pending], exc: BaseException) -> None:
     error = QueueError(f"queue write failed: {exc}")
     error.__cause__ = exc
     for p in batch:
-        if not p.future.done():
-            p.future.set_exception(error)
+        p.settle(error)
 
 
 __all__ = ["BodyWriter", "QueueStore", "QueueStats", "QueuedMessage", "RecipientResult",

@@ -19,6 +19,7 @@ from typing import Final, Protocol
 
 from ..delivery.routing import Router
 from ..envelope import Envelope, Recipient
+from ..errors import QueueError
 from ..message.trace import with_protocol
 from ..net.stream import Stream
 from ..policy.emailauth import Lookups, check_message
@@ -28,6 +29,7 @@ from ..policy.throttle import AuthThrottle, ConnectionRate
 from ..protocol.address import Mailbox
 from ..protocol.events import (
     NEED_DATA,
+    PAUSED,
     Auth,
     AuthResponse,
     BadCommand,
@@ -154,6 +156,10 @@ class InboundSession:
         self.auth: Authenticator | None = None
         self._held: Event | Sentinel | None = None  # taken by _answer_now, left for the task
         self._failure: Exception | None = None  # raised by _answer_now, for the task to raise
+        # A commit started by _answer_now is under way (its reply is owed); the task, if it
+        # wakes meanwhile, waits on _commit_waiter for it.
+        self._committing = False
+        self._commit_waiter: asyncio.Future[None] | None = None
         stream.attach(self.conn.receive_data)
 
     # ---- main loop ---------------------------------------------------------------------
@@ -193,6 +199,12 @@ class InboundSession:
                         raise self._failure
                     self.stream.idle = False
                     continue
+                if ev is PAUSED and self._committing:
+                    # Woken (end of input, say) while _answer_now's commit is under way:
+                    # its reply comes first.
+                    self._commit_waiter = asyncio.get_running_loop().create_future()
+                    await self._commit_waiter
+                    continue
                 if isinstance(ev, Sentinel):
                     break  # nothing more can happen on this connection
                 if isinstance(ev, ConnectionClosed):
@@ -229,8 +241,9 @@ class InboundSession:
         data, AUTH, STARTTLS, end of input) or for an error to raise there.
 
         A transaction of MAIL, RCPT, DATA and the message's lines thus costs the session task
-        one wake-up (for the end of data) rather than one per command, and each reply leaves
-        in the same loop turn its command arrived in.
+        no wake-up at all when the message is committed from here too (:meth:`_commit_soon`),
+        and each reply leaves in the same loop turn its command arrived in, or, for the end
+        of data, the turn the queue learns the message is durable.
         """
         conn = self.conn
         stream = self.stream
@@ -245,6 +258,10 @@ class InboundSession:
                     stream.idle = not conn.in_transaction
                     stream.extend(self._timeout())
                     return False
+                if ev is PAUSED and self._committing:
+                    return False  # input waits in the core until the commit's reply is sent
+                if isinstance(ev, EndOfMessage) and self._commit_soon(ev):
+                    continue
                 if isinstance(ev, (Sentinel, ConnectionClosed)) or not self.handle_now(ev):
                     self._held = ev
                     return True
@@ -397,6 +414,72 @@ class InboundSession:
         self.send(Reply(250, "2.0.0", f"Ok: queued as {qid}"))
         self._clear()
         self.services.on_queued(qid)
+
+    def _commit_soon(self, ev: EndOfMessage) -> bool:
+        """End of data from :meth:`_answer_now`: start the commit here, without the session
+        task, when nothing needs waiting for first (a refused message, the inbound checks, a
+        body that spilled to a file of its own go to :meth:`end_of_message`). The reply
+        follows in :meth:`_committed`. False when the task must handle it."""
+        body = self.body
+        if (ev.error is not None or (body is not None and body.spilled)
+                or (self.services.auth_checks is not None and self._checked_here())):
+            return False
+        self.body = None
+        if body is None:
+            body = self.services.queue.new_body()
+        envelope = self._envelope()
+        try:
+            started = self.services.queue.commit_soon(
+                body, envelope, now=envelope.received_at,
+                done=lambda qid, error: self._committed(qid, error, envelope, ev.size))
+        except Exception:
+            log.exception("queue commit failed", extra={"event": "error",
+                                                        "client": self.client})
+            self.services.queue.discard(body)
+            self.send(Reply(451, "4.3.0", "Temporary failure, try again later"))
+            self._clear()
+            return True
+        assert started  # the body is in memory
+        self._committing = True
+        return True
+
+    def _committed(self, qid: str, error: QueueError | None, envelope: Envelope,
+                   size: int) -> None:
+        """The queue's word on a commit :meth:`_commit_soon` started: reply, then go on
+        with whatever input came meanwhile (or let the task, if it is waiting, go on)."""
+        self._committing = False
+        if error is None:
+            self.services.on_queued(qid)
+            if log.isEnabledFor(logging.INFO):
+                log.info("queued", extra={"event": "queued", "id": qid, "client": self.client,
+                                          "sender": envelope.sender, "size": size,
+                                          "recipients": [r.address for r in envelope.recipients]})
+        else:
+            log.error("queue commit failed", extra={"event": "error", "client": self.client,
+                                                    "reason": str(error)})
+        waiter, self._commit_waiter = self._commit_waiter, None
+        try:
+            if self.conn.must_close:
+                return  # the session ended meanwhile (timeout, shutdown): no one to tell
+            if error is None:
+                self.send(Reply(250, "2.0.0", f"Ok: queued as {qid}"))
+            else:
+                self.send(Reply(451, "4.3.0", "Temporary failure, try again later"))
+            self._clear()
+            if waiter is not None:
+                self.flush()  # the task goes on from here
+            elif self._answer_now():
+                self.stream.wake()
+        except Exception as exc:  # raised in the session task, as if it had been there
+            if waiter is not None:
+                waiter.set_exception(exc)
+                waiter = None
+            else:
+                self._failure = exc
+                self.stream.wake()
+        finally:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def _checked_here(self) -> bool:
         """SPF, DKIM and DMARC apply to mail from strangers on the MX listener."""
