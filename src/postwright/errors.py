@@ -50,3 +50,9 @@ class AgentError(OSError):
     """The Maildir agent process failed or broke its wire format (a temporary delivery
     failure). Here rather than in ``delivery.agent``: the compiled build cannot compile a
     subclass of OSError, and that module is compiled."""
+
+
+class SyncerGone(OSError):
+    """The queue's sync process is not running any more; what it was asked is not known to
+    be done. (An OSError: the store handles it as a failed write. Here rather than in
+    ``queue.sync``, which is compiled, and the compiled build cannot subclass OSError.)"""

@@ -511,13 +511,45 @@ def test_a_cancelled_record_many_leaves_other_holders_locks_alone(stores: Stores
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        assert store._slots[qid].lock.locked()  # still the other holder's
+        assert qid in store._slots and not store._slots[qid].waiters  # the holder's still
         release.set()
         await holder
         await store.record(qid, {0: RecipientResult("delivered", "2.0.0 ok")}, now=1002.0)
         assert store.ids() == [] and store._slots == {}
 
     asyncio.run(main())
+
+
+def test_a_message_lock_goes_to_its_waiters_in_order(stores: Stores) -> None:
+    """One holder, three waiters; the second is cancelled while it waits and the third just
+    as the lock is handed to it: the others still get it, in order, and it is then free."""
+    store = stores()
+    store.open()
+
+    async def main() -> list[str]:
+        qid = await put(store, b"m\r\n")
+        order: list[str] = []
+        await store._take(qid)
+
+        async def waiter(name: str) -> None:
+            await store._take(qid)
+            order.append(name)
+            store._give(qid)
+
+        tasks = {name: asyncio.create_task(waiter(name)) for name in "abcd"}
+        await asyncio.sleep(0.01)  # all four wait, in order
+        tasks["b"].cancel()
+        await asyncio.sleep(0)
+        store._give(qid)  # to a
+        await asyncio.sleep(0)  # a runs and gives it on: b is gone, so to c...
+        assert order == ["a"] and not tasks["c"].done()
+        tasks["c"].cancel()  # ...which is cancelled before it resumes: it passes it to d
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        assert tasks["b"].cancelled() and tasks["c"].cancelled()
+        assert store._slots == {}
+        return order
+
+    assert asyncio.run(main()) == ["a", "d"]
 
 
 def test_due_recipients_looks_at_the_live_entry(stores: Stores) -> None:

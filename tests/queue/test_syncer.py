@@ -16,7 +16,7 @@ import pytest
 from postwright.envelope import Envelope, Recipient
 from postwright.errors import QueueError
 from postwright.queue import QueueStore
-from postwright.queue.syncer import Syncer, SyncerGone
+from postwright.queue.sync import Syncer, SyncerGone
 
 
 def answers(syncer: Syncer) -> tuple[int | None, OSError | None]:

@@ -23,6 +23,7 @@ import fcntl
 import io
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -44,7 +45,7 @@ from .records import (
     encode,
 )
 from .schedule import RetrySchedule
-from .syncer import Syncer, SyncerGone
+from .sync import Syncer, SyncerGone
 
 _MAX_BATCH_RECORDS: Final = 1024
 _MAX_BATCH_BYTES: Final = 4 * 1024 * 1024
@@ -93,11 +94,14 @@ class _Pending:
 
 
 class _Slot:
-    __slots__ = ("lock", "users")
+    """The lock of one message, taken by whoever made the slot: a FIFO of the futures of
+    those waiting for it (asyncio.Lock is interpreted code, and nearly every take of one of
+    these finds it free)."""
+
+    __slots__ = ("waiters",)
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.users = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
 
 
 class QueueStore:
@@ -597,26 +601,30 @@ class QueueStore:
 
     async def _take(self, qid: str) -> None:
         """Take the lock of one message (what :meth:`_exclusive` holds); :meth:`_give`
-        gives it back."""
+        gives it back. Waiters get it in the order they asked."""
         slot = self._slots.get(qid)
         if slot is None:
-            slot = self._slots[qid] = _Slot()
-        slot.users += 1
+            self._slots[qid] = _Slot()  # free: ours now
+            return
+        waiter = self._running_loop().create_future()
+        slot.waiters.append(waiter)
         try:
-            await slot.lock.acquire()
+            await waiter  # done when _give hands the lock over
         except BaseException:
-            self._leave(qid, slot)
+            if waiter.done() and not waiter.cancelled():
+                self._give(qid)  # handed over just as we were cancelled: pass it on
+            elif waiter in slot.waiters:
+                slot.waiters.remove(waiter)
             raise
 
     def _give(self, qid: str) -> None:
         slot = self._slots[qid]
-        slot.lock.release()
-        self._leave(qid, slot)
-
-    def _leave(self, qid: str, slot: _Slot) -> None:
-        slot.users -= 1
-        if not slot.users:
-            del self._slots[qid]
+        while slot.waiters:
+            waiter = slot.waiters.popleft()
+            if not waiter.done():  # else cancelled while waiting
+                waiter.set_result(None)
+                return
+        del self._slots[qid]
 
     # ---- status changes ---------------------------------------------------------------
     async def record(self, qid: str, results: Mapping[int, RecipientResult], *,
