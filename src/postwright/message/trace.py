@@ -31,8 +31,9 @@ _STRUCTURAL: Final = frozenset("()\\;<> \t")
 # and non-ASCII spaces.
 _BAD_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
 
-# For ASCII text (nearly every name), the same filters as the bytes bytes.translate deletes:
-# str.translate with a dict raises and catches a KeyError for every character it keeps.
+# For ASCII text (nearly every name), the same filters as the bytes that bytes.translate
+# deletes (str.translate with a dict raises and catches a KeyError for every character it
+# keeps).
 _ASCII_TOKEN_DROP: Final = bytes(c for c in range(128)
                                  if not 0x21 <= c <= 0x7E or chr(c) in _STRUCTURAL)
 _ASCII_PATH_DROP: Final = bytes(c for c in range(128) if not 0x21 <= c <= 0x7E and c != 0x20)

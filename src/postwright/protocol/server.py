@@ -112,7 +112,6 @@ def _needs_hello(state: State) -> Reply:
     return Reply(503, "5.5.1", "Send EHLO first")
 
 
-
 # What a positive reply to a command moves the state to; None keeps the state.
 _ON_POSITIVE: Final[dict[str, State | None]] = {
     "EHLO": State.READY, "HELO": State.READY, "MAIL": State.MAIL, "RCPT": State.RCPT,

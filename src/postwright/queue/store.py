@@ -340,9 +340,7 @@ class QueueStore:
 
     async def commit(self, body: BodyWriter, envelope: Envelope, *, now: float) -> str:
         """Queue a message; returns its id once body and envelope are on stable storage."""
-        self._writable()
-        if not envelope.recipients:
-            raise QueueError("a message needs at least one recipient")
+        self._admit(envelope)
         inline = body.take_inline()  # raises QueueError if the body cannot be committed
         qid = self._new_id(now)
         if inline is None:
@@ -356,8 +354,7 @@ class QueueStore:
         try:
             await self._submit(op, inline or b"", body_dir=inline is None)
         except QueueError:
-            self._forget_recent(qid)
-            body.abandon()
+            self._abandon(qid, body)
             raise
         return qid
 
@@ -372,9 +369,7 @@ class QueueStore:
         awaiting task would run one turn later. QueueError here for a body that cannot be
         committed (nothing is queued then).
         """
-        self._writable()
-        if not envelope.recipients:
-            raise QueueError("a message needs at least one recipient")
+        self._admit(envelope)
         if body.spilled:
             return False
         inline = body.take_inline()
@@ -384,12 +379,21 @@ class QueueStore:
 
         def settled(error: QueueError | None) -> None:
             if error is not None:
-                self._forget_recent(qid)
-                body.abandon()
+                self._abandon(qid, body)
             done(qid, error)
 
         self._enqueue(op, inline, callback=settled)
         return True
+
+    def _admit(self, envelope: Envelope) -> None:
+        self._writable()
+        if not envelope.recipients:
+            raise QueueError("a message needs at least one recipient")
+
+    def _abandon(self, qid: str, body: BodyWriter) -> None:
+        """A commit that failed: neither the body nor its copy kept for delivery stays."""
+        self._forget_recent(qid)
+        body.abandon()
 
     def _message_op(self, qid: str, body: BodyWriter, envelope: Envelope, now: float,
                     inline: bytes | None) -> Op:

@@ -128,6 +128,7 @@ _SENDER_OK: Final = Reply(250, "2.1.0", "Sender ok")
 _RECIPIENT_OK: Final = Reply(250, "2.1.5", "Recipient ok")
 _GO_AHEAD: Final = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
 _BYE: Final = Reply(221, "2.0.0", "Bye")
+_TRY_LATER: Final = Reply(451, "4.3.0", "Temporary failure, try again later")
 
 
 @functools.lru_cache(maxsize=16)
@@ -401,16 +402,9 @@ class InboundSession:
         try:
             qid = await self.services.queue.commit(body, envelope, now=envelope.received_at)
         except Exception:
-            log.exception("queue commit failed", extra={"event": "error",
-                                                        "client": self.client})
-            self.services.queue.discard(body)
-            self.send(Reply(451, "4.3.0", "Temporary failure, try again later"))
-            self._clear()
+            self._commit_refused(body)
             return
-        if log.isEnabledFor(logging.INFO):  # spares building the fields for every message
-            log.info("queued", extra={"event": "queued", "id": qid, "client": self.client,
-                                      "sender": envelope.sender, "size": ev.size,
-                                      "recipients": [r.address for r in envelope.recipients]})
+        self._log_queued(qid, envelope, ev.size)
         self.send(Reply(250, "2.0.0", f"Ok: queued as {qid}"))
         self._clear()
         self.services.on_queued(qid)
@@ -433,11 +427,7 @@ class InboundSession:
                 body, envelope, now=envelope.received_at,
                 done=lambda qid, error: self._committed(qid, error, envelope, ev.size))
         except Exception:
-            log.exception("queue commit failed", extra={"event": "error",
-                                                        "client": self.client})
-            self.services.queue.discard(body)
-            self.send(Reply(451, "4.3.0", "Temporary failure, try again later"))
-            self._clear()
+            self._commit_refused(body)
             return True
         assert started  # the body is in memory
         self._committing = True
@@ -450,10 +440,7 @@ class InboundSession:
         self._committing = False
         if error is None:
             self.services.on_queued(qid)
-            if log.isEnabledFor(logging.INFO):
-                log.info("queued", extra={"event": "queued", "id": qid, "client": self.client,
-                                          "sender": envelope.sender, "size": size,
-                                          "recipients": [r.address for r in envelope.recipients]})
+            self._log_queued(qid, envelope, size)
         else:
             log.error("queue commit failed", extra={"event": "error", "client": self.client,
                                                     "reason": str(error)})
@@ -464,7 +451,7 @@ class InboundSession:
             if error is None:
                 self.send(Reply(250, "2.0.0", f"Ok: queued as {qid}"))
             else:
-                self.send(Reply(451, "4.3.0", "Temporary failure, try again later"))
+                self.send(_TRY_LATER)
             self._clear()
             if waiter is not None:
                 self.flush()  # the task goes on from here
@@ -480,6 +467,19 @@ class InboundSession:
         finally:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+
+    def _commit_refused(self, body: BodyWriter) -> None:
+        """The queue would not take the message: nothing is kept, the client tries later."""
+        log.exception("queue commit failed", extra={"event": "error", "client": self.client})
+        self.services.queue.discard(body)
+        self.send(_TRY_LATER)
+        self._clear()
+
+    def _log_queued(self, qid: str, envelope: Envelope, size: int) -> None:
+        if log.isEnabledFor(logging.INFO):  # spares building the fields for every message
+            log.info("queued", extra={"event": "queued", "id": qid, "client": self.client,
+                                      "sender": envelope.sender, "size": size,
+                                      "recipients": [r.address for r in envelope.recipients]})
 
     def _checked_here(self) -> bool:
         """SPF, DKIM and DMARC apply to mail from strangers on the MX listener."""
